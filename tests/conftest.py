@@ -1,0 +1,49 @@
+"""Shared fixtures: the real params.yaml shrunk to a tiny configuration, and the real media folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MEDIA = REPO.parent / "shared" / "media"
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# The smallest world the pipeline still runs end to end on (seconds, not minutes).
+TINY = {
+    "data.n_identities": 5,
+    "data.clips_per_identity": 2,
+    "data.frames_per_clip": 12,
+    "data.resolution": 96,
+    "data.cross_per_clip": 1,
+    "prepare.size": 32,
+    "prepare.min_frames": 4,
+    "prepare.train_frames": 6,
+    "prepare.eval_frames": 10,
+    "prepare.test_fraction": 0.4,
+    "prepare.workers": 1,
+}
+
+
+@pytest.fixture
+def real_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture
+def tiny_params(real_params) -> dict:
+    from pipeline.config import set_dotted
+
+    for key, value in TINY.items():
+        set_dotted(real_params, key, value)
+    return real_params
+
+
+@pytest.fixture
+def media() -> Path:
+    if not MEDIA.is_dir():
+        pytest.skip(f"real footage not found at {MEDIA} (it sits in ../shared/media beside the repo)")
+    return MEDIA
