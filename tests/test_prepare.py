@@ -121,7 +121,7 @@ def _write_vfr(path, n=20):
             frame = np.full((64, 80, 3), (40, 90, 160), np.uint8)
             frame[16:40, 20:44] = (220, 180, 150)
             f = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            f.pts, f.time_base = k * 40 + (60 if k % 3 == 0 and k else 0), Fraction(1, 1000)
+            f.pts, f.time_base = k * 40 + 60 * (k // 3), Fraction(1, 1000)  # every third interval 100 ms
             for p in s.encode(f):
                 c.mux(p)
         for p in s.encode():
