@@ -64,20 +64,25 @@ class PrepareParams(_Section):
     iou_with_initial: float = Field(default=0.25, ge=0.0, lt=1.0)
     max_gap: int = Field(default=5, ge=0)
     mask_dilation: float = Field(default=0.04, ge=0.0, le=0.5)
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     train_frames: int = Field(default=50, ge=1)
     eval_frames: int = Field(default=500, ge=1)
     workers: int = Field(default=2, ge=1, le=256)
 
 
+class SplitParams(_Section):
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+
 class Params(_Section):
     seed: int = Field(default=0, ge=0)
+    split: SplitParams = SplitParams()
     assets: dict[str, Asset] = {}
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
 
 
-STAGE_SECTIONS = tuple(name for name in Params.model_fields if name not in ("seed", "assets"))
+SHARED_SECTIONS = ("seed", "split", "assets")  # read by several stages
+STAGE_SECTIONS = tuple(name for name in Params.model_fields if name not in SHARED_SECTIONS)
 
 
 def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Params:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from pipeline.config import DataParams
 from pipeline.io import atomic_dir, write_text
+from pipeline.split import held_out
 
 INDEX_COLUMNS = ["path", "identity", "clip", "kind", "motion_from", "truth", "start", "end"]
 
@@ -20,8 +21,12 @@ class DataError(ValueError):
     """The user's video folder or manifest cannot be indexed; the message says what to fix."""
 
 
-def make_synthetic(out_dir: Path, params: DataParams, seed: int, progress: bool = True) -> dict:
+def make_synthetic(out_dir: Path, params: DataParams, seed: int, test_fraction: float, progress: bool = True) -> dict:
     from pipeline.synth import generate_world
+    from pipeline.synth.world import identity_name
+
+    # Cross renders are evaluation ground truth: render them among the identities `prepare` holds out.
+    held = held_out([identity_name(i) for i in range(params.n_identities)], test_fraction, seed)
 
     summary = generate_world(
         out_dir,
@@ -31,7 +36,8 @@ def make_synthetic(out_dir: Path, params: DataParams, seed: int, progress: bool 
         frames_per_clip=params.frames_per_clip,
         resolution=params.resolution,
         fps=params.fps,
-        cross_per_clip=params.cross_per_clip,
+        cross_per_clip=min(params.cross_per_clip, len(held) - 1),
+        cross_among=held,
         progress=progress,
     )
     return {"source": "synthetic", **summary}

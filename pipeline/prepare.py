@@ -29,6 +29,7 @@ from pipeline import crop as fomm
 from pipeline.config import PrepareParams
 from pipeline.io import atomic_dir, save_npy, save_npz, write_text
 from pipeline.masks import feature_masks
+from pipeline.split import SplitError, split_identities
 from pipeline.video import VideoError, iter_frames
 
 MANIFEST_COLUMNS = [
@@ -54,17 +55,6 @@ class VideoOutcome:
     clips: list[dict] = field(default_factory=list)  # manifest rows
 
 
-def split_identities(identities: list[str], test_fraction: float, seed: int) -> dict[str, str]:
-    """Identity-disjoint train/test split: a seeded permutation of the sorted identities; at least one on each side."""
-    names = sorted(set(identities))
-    if len(names) < 2:
-        raise PrepareError(f"an identity-disjoint split needs at least 2 identities, found {len(names)}: {names}")
-    order = np.random.default_rng(seed).permutation(len(names))
-    n_test = min(max(1, round(test_fraction * len(names))), len(names) - 1)
-    test = {names[i] for i in order[:n_test]}
-    return {name: ("test" if name in test else "train") for name in names}
-
-
 def sample_frames(n_track: int, split: str, params: PrepareParams, rng: np.random.Generator) -> np.ndarray:
     """Offsets into a track: training samples `train_frames` at random (sorted), evaluation takes the first
     `eval_frames` (the paper: 50 per video for training, the first 500 for evaluation)."""
@@ -80,6 +70,7 @@ def prepare(
     out_dir: Path,  # replaced whole at the end
     params: PrepareParams,
     seed: int,
+    test_fraction: float,  # params `split.test_fraction`: share of identities held out
     landmarks_model: Path | None,  # dlib 68-point predictor; None when every video has ground truth
     progress: bool = True,
 ) -> tuple[pd.DataFrame, list[VideoOutcome]]:
@@ -87,7 +78,10 @@ def prepare(
     index = pd.read_csv(index_csv, keep_default_na=False)
     base = index_csv.parent
     identities = index.loc[index["kind"] == "clip", "identity"].astype(str).tolist()
-    split = split_identities(identities, params.test_fraction, seed)
+    try:
+        split = split_identities(identities, test_fraction, seed)
+    except SplitError as e:
+        raise PrepareError(f"{index_csv}: {e}") from None
     clip_identity = dict(zip(index["clip"].astype(str), index["identity"].astype(str)))
     jobs = []
     for rec in index.to_dict("records"):
@@ -358,5 +352,5 @@ def clips_dir(prepared: Path) -> Path:
     return prepared / "clips"
 
 
-__all__ = ["prepare", "prepare_video", "split_identities", "sample_frames", "summarize", "report_markdown",
+__all__ = ["prepare", "prepare_video", "sample_frames", "summarize", "report_markdown",
            "videos_table", "PrepareError", "VideoOutcome", "MANIFEST_COLUMNS", "clips_dir"]

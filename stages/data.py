@@ -11,14 +11,14 @@ from pipeline.tracking import stage_run
 def main(dry_run: bool = False, progress: bool = True) -> dict:
     params = load_params()
     section = params.data
-    logged = {"seed": params.seed, "data": section.model_dump(mode="json")}
+    logged = {"seed": params.seed, "split": params.split.model_dump(), "data": section.model_dump(mode="json")}
     if dry_run:
         print(logged)
         return logged
     root = workspace()
     with stage_run("data", logged) as run:
         if section.source == "synthetic":
-            metrics = make_synthetic(root / RAW, section, params.seed, progress=progress)
+            metrics = make_synthetic(root / RAW, section, params.seed, params.split.test_fraction, progress=progress)
         else:
             metrics = index_folder(root / RAW, section)
         write_json(root / METRICS / "data.json", metrics)

@@ -18,7 +18,7 @@ LANDMARKS_ASSET = "dlib_landmarks68"
 def main(dry_run: bool = False, progress: bool = True) -> dict:
     params = load_params()
     section = params.prepare
-    logged = {"seed": params.seed, "prepare": section.model_dump(mode="json")}
+    logged = {"seed": params.seed, "split": params.split.model_dump(), "prepare": section.model_dump(mode="json")}
     if dry_run:
         print(logged)
         return logged
@@ -28,7 +28,7 @@ def main(dry_run: bool = False, progress: bool = True) -> dict:
     landmarks_model = require(LANDMARKS_ASSET, params.assets) if needs_dlib else None
     with stage_run("prepare", logged) as run:
         manifest, outcomes = prepare(root / RAW / "index.csv", root / PREPARED, section, params.seed,
-                                     landmarks_model, progress=progress)
+                                     params.split.test_fraction, landmarks_model, progress=progress)
         metrics = summarize(manifest, outcomes, clips_dir(root / PREPARED))
         write_json(root / METRICS / "prepare.json", metrics)
         report = root / REPORTS / "prepare.md"

@@ -23,7 +23,7 @@ TINY = {
     "prepare.min_frames": 4,
     "prepare.train_frames": 6,
     "prepare.eval_frames": 10,
-    "prepare.test_fraction": 0.4,
+    "split.test_fraction": 0.4,
     "prepare.workers": 1,
 }
 

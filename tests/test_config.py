@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from pipeline.config import STAGE_SECTIONS, ParamsError, Params, load_params, validate_params
+from pipeline.config import SHARED_SECTIONS, STAGE_SECTIONS, ParamsError, Params, load_params, validate_params
 from tests.conftest import REPO
 
 
@@ -34,11 +34,11 @@ def test_unknown_top_level_and_asset_keys(real_params):
 
 def test_wrong_type_and_range_name_the_allowed_values(real_params):
     real_params["data"]["source"] = "youtube"
-    real_params["prepare"]["test_fraction"] = 1.5
+    real_params["split"]["test_fraction"] = 1.5
     real_params["data"]["n_identities"] = "many"
     message = _error(real_params)
     assert "data.source: 'youtube' is not allowed; allowed values: 'synthetic' or 'folder'" in message
-    assert "prepare.test_fraction: 1.5 is out of range; must be < 1.0" in message
+    assert "split.test_fraction: 1.5 is out of range; must be < 1.0" in message
     assert "data.n_identities" in message and "valid integer" in message
 
 
@@ -74,4 +74,4 @@ def test_one_name_end_to_end():
         assert (REPO / "stages" / f"{name}.py").is_file()
         assert stage["cmd"] == f"python -m stages.{name}"
         sections = {p.split(".")[0] for p in stage["params"]}
-        assert sections <= {"seed", "assets", name}, (name, sections)
+        assert sections <= {*SHARED_SECTIONS, name}, (name, sections)

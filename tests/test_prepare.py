@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 
 from pipeline.config import PrepareParams
-from pipeline.prepare import PrepareError, prepare, sample_frames, split_identities, summarize, clips_dir
+from pipeline.prepare import PrepareError, clips_dir, prepare, sample_frames, summarize
+from pipeline.split import SplitError, split_identities
 from pipeline.video import write_video
 
-PARAMS = PrepareParams(size=32, min_frames=4, train_frames=5, eval_frames=8, test_fraction=0.5, workers=1,
-                       mask_dilation=0.05)
+PARAMS = PrepareParams(size=32, min_frames=4, train_frames=5, eval_frames=8, workers=1, mask_dilation=0.05)
+TEST_FRACTION = 0.5
 
 
 def _face_video(folder, name, n=12, hw=(64, 80), box_at=lambda t: (20 + t, 16, 44 + t, 40), gray=False):
@@ -62,7 +63,7 @@ def test_split_is_identity_disjoint_deterministic_and_two_sided():
     assert sum(v == "test" for v in split.values()) == 2
     assert split != split_identities(ids, 0.2, seed=4)
     assert set(split_identities(ids[:2], 0.01, seed=0).values()) == {"train", "test"}
-    with pytest.raises(PrepareError, match="at least 2 identities"):
+    with pytest.raises(SplitError, match="at least 2 identities"):
         split_identities(["solo"], 0.2, seed=0)
 
 
@@ -76,7 +77,7 @@ def test_sampling_train_random_sorted_eval_first_n():
 
 def test_prepare_crops_follow_the_known_boxes(world, tmp_path):
     raw, rows = world
-    manifest, outcomes = prepare(_index(raw, rows), tmp_path / "prepared", PARAMS, seed=0,
+    manifest, outcomes = prepare(_index(raw, rows), tmp_path / "prepared", PARAMS, seed=0, test_fraction=TEST_FRACTION,
                                  landmarks_model=None, progress=False)
     assert all(o.status == "kept" for o in outcomes)
     assert len(manifest) == 8 and set(manifest["split"]) == {"train", "test"}
@@ -104,8 +105,8 @@ def test_prepare_crops_follow_the_known_boxes(world, tmp_path):
 def test_prepare_is_deterministic(world, tmp_path):
     raw, rows = world
     index = _index(raw, rows)
-    m1, _ = prepare(index, tmp_path / "p1", PARAMS, seed=7, landmarks_model=None, progress=False)
-    m2, _ = prepare(index, tmp_path / "p2", PARAMS, seed=7, landmarks_model=None, progress=False)
+    m1, _ = prepare(index, tmp_path / "p1", PARAMS, seed=7, test_fraction=TEST_FRACTION, landmarks_model=None, progress=False)
+    m2, _ = prepare(index, tmp_path / "p2", PARAMS, seed=7, test_fraction=TEST_FRACTION, landmarks_model=None, progress=False)
     pd.testing.assert_frame_equal(m1, m2)
     for cid in m1["clip_id"]:
         a = np.load(tmp_path / "p1" / "clips" / cid / "frame_index.npy")
@@ -173,7 +174,7 @@ def test_bad_inputs_get_reasons_and_the_rest_is_prepared(world, tmp_path):
     rows.append(["odd.mkv", "f", "odd", "clip", "", "a0.npz"])
 
     params = PARAMS.model_copy(update={"detector": "ground_truth"})
-    manifest, outcomes = prepare(_index(raw, rows), tmp_path / "prepared", params, seed=0,
+    manifest, outcomes = prepare(_index(raw, rows), tmp_path / "prepared", params, seed=0, test_fraction=TEST_FRACTION,
                                  landmarks_model=None, progress=False)
     by_clip = {o.clip: o for o in outcomes}
     assert by_clip["corrupt"].reason_kind == "unreadable" and "corrupt.mp4" in by_clip["corrupt"].reason
@@ -197,20 +198,21 @@ def test_nothing_usable_fails_clearly_and_leaves_no_output(tmp_path):
     index = _index(raw, [["x.mp4", "p", "x", "clip", "", "t.npz"], ["y.mp4", "q", "y", "clip", "", "t.npz"]])
     np.savez(raw / "t.npz", bbox=np.zeros((1, 4), np.float32))
     with pytest.raises(PrepareError, match=r"nothing usable(.|\n)*x.mp4: .*corrupt"):
-        prepare(index, tmp_path / "prepared", PARAMS, seed=0, landmarks_model=None, progress=False)
+        prepare(index, tmp_path / "prepared", PARAMS, seed=0, test_fraction=TEST_FRACTION, landmarks_model=None,
+                progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
 def test_cross_renders_are_kept_only_inside_the_test_split(world, tmp_path):
     raw, rows = world
-    split = split_identities(["a", "b", "c", "d"], PARAMS.test_fraction, seed=0)
+    split = split_identities(["a", "b", "c", "d"], TEST_FRACTION, seed=0)
     test_ids = sorted(i for i, s in split.items() if s == "test")
     train_ids = sorted(i for i, s in split.items() if s == "train")
     video, truth = _face_video(raw, "cross_in", n=12)
     rows.append([video, test_ids[0], "cross_in", "cross", f"{test_ids[1]}0", truth])
     video, truth = _face_video(raw, "cross_out", n=12)
     rows.append([video, test_ids[0], "cross_out", "cross", f"{train_ids[0]}0", truth])
-    manifest, outcomes = prepare(_index(raw, rows), tmp_path / "prepared", PARAMS, seed=0,
+    manifest, outcomes = prepare(_index(raw, rows), tmp_path / "prepared", PARAMS, seed=0, test_fraction=TEST_FRACTION,
                                  landmarks_model=None, progress=False)
     cross = manifest[manifest["kind"] == "cross"]
     assert list(cross["clip"]) == ["cross_in"] and list(cross["split"]) == ["test"]

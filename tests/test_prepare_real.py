@@ -20,9 +20,9 @@ def test_real_talking_heads_are_cropped_with_landmarks_and_masks(media, tmp_path
     with open(tmp_path / "m.csv", "a") as f:
         f.write(f"{tmp_path / 'bad.mp4'},broken,,\n")
     index_folder(tmp_path / "raw", DataParams(source="folder", folder={"manifest": tmp_path / "m.csv"}))
-    params = PrepareParams(size=96, min_frames=20, train_frames=10, eval_frames=12, test_fraction=0.25, workers=2)
+    params = PrepareParams(size=96, min_frames=20, train_frames=10, eval_frames=12, workers=2)
     model = require("dlib_landmarks68", validate_params(real_params).assets)
-    manifest, outcomes = prepare(tmp_path / "raw" / "index.csv", tmp_path / "prepared", params, seed=0,
+    manifest, outcomes = prepare(tmp_path / "raw" / "index.csv", tmp_path / "prepared", params, seed=0, test_fraction=0.25,
                                  landmarks_model=model, progress=False)
     status = {o.identity: o for o in outcomes}
     assert status["broken"].reason_kind == "unreadable"

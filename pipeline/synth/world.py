@@ -10,7 +10,7 @@ Layout of `out_dir` (built in a temporary folder and moved into place whole):
 
 Randomness: identity i draws from default_rng([seed, 0, i]), the motion of its clip j from
 default_rng([seed, 1, i, j]), the cross partners of that clip from default_rng([seed, 2, i, j]); so adding
-identities or clips never changes the existing ones (cross partners are drawn among all identities).
+identities or clips never changes the existing ones (cross partners are drawn among `cross_among`).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -67,14 +68,18 @@ def generate_world(
     resolution: int,
     fps: float,
     cross_per_clip: int,
+    cross_among: Collection[str] | None = None,  # identity ids whose clips get cross renders, with partners drawn
+    # among them (the held-out identities, since only evaluation uses cross renders); None: all identities
     progress: bool = False,
     workers: int | None = None,  # processes; None: one per CPU core (at most 8), 1 for small worlds
 ) -> dict:
     """Render the world into `out_dir` (replaced atomically) and return a summary."""
     if n_identities < 1 or clips_per_identity < 1 or frames_per_clip < 1:
         raise ValueError("n_identities, clips_per_identity and frames_per_clip must be >= 1")
-    if not 0 <= cross_per_clip <= n_identities - 1:
-        raise ValueError(f"cross_per_clip={cross_per_clip} needs at least {cross_per_clip + 1} identities, got {n_identities}")
+    among = {identity_name(i) for i in range(n_identities)} if cross_among is None else set(cross_among)
+    if cross_per_clip and not 0 <= cross_per_clip <= len(among) - 1:
+        raise ValueError(f"cross_per_clip={cross_per_clip} needs at least {cross_per_clip + 1} identities to draw "
+                         f"cross partners from, got {len(among)}")
     if resolution % 2:
         raise ValueError(f"resolution must be even (H.264), got {resolution}")
     start = time.perf_counter()
@@ -87,8 +92,8 @@ def generate_world(
             clip = clip_name(identity.id, j)
             motion = sample_motion(np.random.default_rng([seed, 1, i, j]), frames_per_clip, fps)
             plan.append((identity, motion, clip, "clip", clip))
-            if cross_per_clip:
-                others = [o for o in range(n_identities) if o != i]
+            if cross_per_clip and identity.id in among:
+                others = [o for o in range(n_identities) if o != i and identities[o].id in among]
                 chosen = np.random.default_rng([seed, 2, i, j]).choice(others, size=cross_per_clip, replace=False)
                 for o in sorted(int(c) for c in chosen):
                     plan.append((identities[o], motion, cross_name(identities[o].id, clip), "cross", clip))
@@ -154,6 +159,7 @@ def generate_world(
             "frames_per_second": round(total_frames / max(seconds, 1e-9), 1),
         }
         settings = {"seed": seed, "n_identities": n_identities, "clips_per_identity": clips_per_identity,
-                    "frames_per_clip": frames_per_clip, "resolution": resolution, "fps": fps, "cross_per_clip": cross_per_clip}
+                    "frames_per_clip": frames_per_clip, "resolution": resolution, "fps": fps, "cross_per_clip": cross_per_clip,
+                    "cross_among": sorted(among)}
         write_json(tmp / "world.json", {"settings": settings, "summary": summary})
     return summary
