@@ -26,7 +26,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from pipeline.prepare import PrepareError
     from pipeline.video import VideoError
 
-    return ParamsError, AssetError, DataError, PrepareError, VideoError, FileNotFoundError
+    return ParamsError, AssetError, DataError, PrepareError, VideoError, FileNotFoundError, ValueError
 
 
 def _run(fn, *args, **kwargs):
@@ -94,16 +94,26 @@ def assets(path: Optional[Path] = typer.Option(None, help="params file (default:
 def crop(
     input: Path = typer.Argument(..., help="a video, or a folder of videos (mp4, mov, avi, mkv, webm)"),
     out: Path = typer.Option(..., "--out", help="output folder: <video-stem>_<track>.mp4 per face track + crops.json"),
-    size: int = typer.Option(256, help="crop side in pixels"),
-    min_frames: int = typer.Option(25, help="keep face tracks longer than this many frames"),
+    size: int = typer.Option(256, help="crop side in pixels (even)"),
+    min_frames: int = typer.Option(25, help="keep face tracks with more frames than this (FOMM: 150)"),
     increase: float = typer.Option(0.1, help="enlarge the track's union box by this fraction per side"),
+    iou_with_initial: float = typer.Option(0.25, help="IoU with a track's first box that continues the track"),
+    max_gap: int = typer.Option(5, help="frames a track survives without a detection (0: FOMM exactly)"),
+    upsample: int = typer.Option(1, help="dlib HOG upsampling: 1 finds small faces, 0 is 4x faster"),
 ) -> None:
     """FOMM-style cropping of any videos: detect (dlib HOG), track by IoU, one square crop per face track."""
     from pipeline.crop import crop_command_inputs, crop_videos
+    from pipeline.faces import DlibDetector
 
     inputs = _run(crop_command_inputs, input)
-    result = _run(crop_videos, inputs, out, size=size, min_frames=min_frames, increase=increase)
-    kept = sum(len(v["tracks"]) for v in result.values()) if isinstance(result, dict) else 0
+    result = _run(crop_videos, inputs, out, size=size, min_frames=min_frames, increase=increase,
+                  iou_with_initial=iou_with_initial, max_gap=max_gap, detector=DlibDetector(upsample=upsample))
+    for entry in result.values():
+        if entry["tracks"]:
+            typer.echo(f"{entry['video']}: {len(entry['tracks'])} track(s)")
+        else:
+            typer.echo(f"{entry['video']}: none ({entry['reason']})")
+    kept = sum(len(entry["tracks"]) for entry in result.values())
     typer.echo(f"{kept} track(s) cropped from {len(inputs)} video(s); see {out / 'crops.json'}")
 
 

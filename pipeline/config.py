@@ -59,6 +59,7 @@ class DataParams(_Section):
 class PrepareParams(_Section):
     size: int = Field(default=64, ge=16, le=1024, multiple_of=2)
     detector: Literal["auto", "dlib", "ground_truth"] = "auto"
+    upsample: int = Field(default=1, ge=0, le=3)
     min_frames: int = Field(default=25, ge=1)
     increase: float = Field(default=0.1, ge=0.0, le=2.0)
     iou_with_initial: float = Field(default=0.25, ge=0.0, lt=1.0)

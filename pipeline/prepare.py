@@ -191,16 +191,15 @@ def _landmark_predictor(model: Path) -> Callable[[np.ndarray, np.ndarray], np.nd
     return _PREDICTORS[model]
 
 
-_DETECTOR = None
+_DETECTORS: dict[int, object] = {}
 
 
-def _dlib_detect(frame: np.ndarray) -> np.ndarray:
-    global _DETECTOR
-    if _DETECTOR is None:
+def _dlib_detect(frame: np.ndarray, upsample: int) -> np.ndarray:
+    if upsample not in _DETECTORS:  # one per process: workers build their own
         from pipeline.faces import DlibDetector
 
-        _DETECTOR = DlibDetector()
-    return _DETECTOR.detect(frame)
+        _DETECTORS[upsample] = DlibDetector(upsample=upsample)
+    return _DETECTORS[upsample].detect(frame)
 
 
 def prepare_video(job: dict, *, out_dir: Path, params: PrepareParams, seed: int, split: dict[str, str],
@@ -234,7 +233,7 @@ def prepare_video(job: dict, *, out_dir: Path, params: PrepareParams, seed: int,
             if use_truth:
                 boxes.append(truth["bbox"][i : i + 1] if i < len(truth["bbox"]) else np.zeros((0, 4), np.float32))
             else:
-                boxes.append(_dlib_detect(frame))
+                boxes.append(_dlib_detect(frame, params.upsample))
             n_frames += 1
     except VideoError as e:
         return _reject(outcome, "unreadable", str(e))
