@@ -38,6 +38,14 @@ def _run(fn, *args, **kwargs):
         raise typer.Exit(2) from None
 
 
+def stage_main(fn) -> None:
+    """What `python -m stages.<name>` (the DVC command) runs: user errors print one message and exit 2."""
+    try:
+        _run(fn)
+    except typer.Exit as e:
+        raise SystemExit(e.exit_code) from None
+
+
 DRY_RUN = typer.Option(False, "--dry-run", help="Validate params and print the resolved section; run nothing.")
 
 

@@ -11,7 +11,6 @@ Coordinate conventions
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +20,20 @@ LANDMARKS_68 = "shape_predictor_68_face_landmarks.dat"
 
 
 def dlib_model_path(name: str) -> Path:
-    """Path of a dlib model file shipped in `face_recognition_models/models/` (the package is not imported)."""
-    hint = (
-        f"dlib model file {name!r} not found: it ships in the face_recognition_models package, "
-        "install it with `pip install face_recognition_models` (importing that package needs setuptools<81; "
-        "this pipeline only reads its files)"
-    )
-    try:
-        spec = importlib.util.find_spec("face_recognition_models")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(hint)
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "models" / name
-        if path.is_file():
-            return path
-    raise FileNotFoundError(hint + f" (looked in {[str(Path(p) / 'models') for p in spec.submodule_search_locations]})")
+    """Path of a dlib model file shipped in `face_recognition_models/models/` (the package is not imported).
+
+    The pipeline's stages take the file from params.yaml's assets (checksum-verified); this default is for
+    library use."""
+    from pipeline.assets import resolve_path
+
+    path = resolve_path(f"pkg:face_recognition_models/models/{name}")
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"dlib model file {name!r} not found{f' at {path}' if path else ''}: it ships in the "
+            "face_recognition_models package, install it with `pip install face_recognition_models` (importing "
+            "that package needs setuptools<81; this pipeline only reads its files)"
+        )
+    return path
 
 
 def as_rgb_uint8(frame: np.ndarray) -> np.ndarray:

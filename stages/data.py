@@ -30,4 +30,6 @@ def main(dry_run: bool = False, progress: bool = True) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.cli import stage_main
+
+    stage_main(main)

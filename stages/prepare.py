@@ -58,4 +58,6 @@ def _sample_sheet(manifest: pd.DataFrame, prepared, path):
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.cli import stage_main
+
+    stage_main(main)

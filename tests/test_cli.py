@@ -67,3 +67,19 @@ def test_crop_reports_inputs_without_faces_and_bad_paths(tmp_path):
     assert entry["tracks"] == [] and "no face" in entry["reason"]
     missing = runner.invoke(app, ["crop", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")])
     assert missing.exit_code == 2 and "nowhere" in missing.output
+
+
+def test_stage_command_reports_a_bad_params_key_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("data:\n  n_identitis: 3\n")
+    done = subprocess.run([sys.executable, "-m", "stages.data"], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert done.returncode == 2
+    assert "data.n_identitis: unknown key; did you mean 'data.n_identities'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
