@@ -46,3 +46,19 @@ def _polyline(mask: np.ndarray, pts: np.ndarray) -> None:
         rr, cc = draw.line(y0, x0, y1, x1)
         keep = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
         mask[rr[keep], cc[keep]] = True
+
+
+FACE_OUTLINE = list(range(0, 17)) + list(range(26, 16, -1))  # jaw left to right, then brows right to left
+
+
+def face_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """Binary mask [size, size] of the face: the polygon of the jaw line closed over the brows.
+
+    Used to score reconstructions where the face is, since a flat background alone already scores
+    high PSNR."""
+    assert landmarks.shape == (68, 2), landmarks.shape
+    pts = landmarks[FACE_OUTLINE]
+    mask = np.zeros((size, size), dtype=bool)
+    rr, cc = draw.polygon(pts[:, 1], pts[:, 0], shape=mask.shape)
+    mask[rr, cc] = True
+    return mask

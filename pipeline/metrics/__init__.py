@@ -1,0 +1,1 @@
+"""Metrics: each a function of arrays, tested against an independent definition."""
