@@ -309,3 +309,16 @@ def test_world_deterministic_and_stable_when_growing(tmp_path):
         np.testing.assert_array_equal(a["expression"], b["expression"])
     with pytest.raises(ValueError):
         generate_world(tmp_path / "d", seed=4, n_identities=1, **{**kwargs, "cross_per_clip": 1})
+
+
+def test_world_folder_is_byte_identical_across_runs_and_worker_counts(tmp_path):
+    """`data/raw` must hash the same every time the stage runs on the same params (DVC reproducibility)."""
+    import filecmp
+
+    for name, workers in (("a", 1), ("b", 2)):
+        generate_world(tmp_path / name, seed=5, n_identities=3, clips_per_identity=1, frames_per_clip=12,
+                       resolution=64, fps=25, cross_per_clip=1, workers=workers)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) > 6
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors, mismatch

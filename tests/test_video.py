@@ -62,3 +62,18 @@ def test_variable_frame_rate_and_grayscale_are_detected(tmp_path):
     _, info = read_video(path)
     assert info.variable_frame_rate
     assert info.grayscale  # R == G == B everywhere
+
+
+def test_encoding_is_byte_for_byte_reproducible(tmp_path):
+    """DVC outputs must not change when a stage re-runs on the same inputs."""
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 255, (12, 6, 8, 3), dtype=np.uint8), 8, axis=1).repeat(8, axis=2)
+    sizes = {write_video(tmp_path / f"v{i}.mp4", frames, fps=25) for i in range(3)}
+    assert sizes == {12}
+    contents = {(tmp_path / f"v{i}.mp4").read_bytes() for i in range(3)}
+    assert len(contents) == 1
+
+
+def test_outputs_are_not_private(tmp_path):
+    write_video(tmp_path / "v.mp4", _moving_square(), fps=25)
+    assert (tmp_path / "v.mp4").stat().st_mode & 0o044 == 0o044

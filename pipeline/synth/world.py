@@ -161,5 +161,7 @@ def generate_world(
         settings = {"seed": seed, "n_identities": n_identities, "clips_per_identity": clips_per_identity,
                     "frames_per_clip": frames_per_clip, "resolution": resolution, "fps": fps, "cross_per_clip": cross_per_clip,
                     "cross_among": sorted(among)}
-        write_json(tmp / "world.json", {"settings": settings, "summary": summary})
+        # Timings stay out of the folder (only in the returned summary): DVC outputs must be reproducible.
+        counts = {k: v for k, v in summary.items() if k not in ("seconds", "frames_per_second")}
+        write_json(tmp / "world.json", {"settings": settings, "summary": counts})
     return summary
