@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.frame_store
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.stylegan2_forward
 
 clean-venv:
 	rm -rf $(VENV)

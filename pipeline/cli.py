@@ -65,6 +65,81 @@ def prepare(dry_run: bool = DRY_RUN) -> None:
     _run(stage.main, dry_run=dry_run)
 
 
+generator_app = typer.Typer(help="Stage `generator` (no subcommand) and StyleGAN2 tools.", invoke_without_command=True)
+app.add_typer(generator_app, name="generator")
+
+
+@generator_app.callback()
+def generator(ctx: typer.Context, dry_run: bool = DRY_RUN) -> None:
+    """Stage `generator`: convert a rosinality / NVIDIA StyleGAN2 checkpoint, or train the toy world's small one."""
+    if ctx.invoked_subcommand is None:
+        from stages import generator as stage
+
+        _run(stage.main, dry_run=dry_run)
+
+
+FORMAT = typer.Option(..., "--format", help="checkpoint format: rosinality | nvidia | native")
+
+
+@generator_app.command("render")
+def generator_render(
+    checkpoint: Path = typer.Option(..., help="StyleGAN2 checkpoint file"),
+    format: str = FORMAT,
+    wplus: Optional[Path] = typer.Option(None, help="W+ codes: .npy float32 [N, n_latent, style_dim]"),
+    sspace: Optional[Path] = typer.Option(None, help="StyleSpace codes: .npz with s_0 ... s_{L-1}, each [N, C_l]"),
+    noise: Optional[Path] = typer.Option(None, help=".npz with noise_0 ... noise_k [1, 1, r, r] (rosinality order); "
+                                                    "default: the checkpoint's fixed noise buffers"),
+    out: Path = typer.Option(..., help="output .npy: float32 [N, 3, H, W] in the generator's output range"),
+    batch_size: int = typer.Option(8, help="images per forward pass"),
+) -> None:
+    """Render W+ or StyleSpace codes with a checkpoint, for checks and debugging."""
+    import numpy as np
+
+    from pipeline.io import save_npy
+    from pipeline.models.stylegan2_formats import load_generator, render
+
+    if (wplus is None) == (sspace is None):
+        console.print("error: give exactly one of --wplus and --sspace", style="red")
+        raise typer.Exit(2)
+    G = _run(load_generator, checkpoint, format)
+    codes_w = _run(np.load, wplus) if wplus else None
+    codes_s = dict(_run(np.load, sspace)) if sspace else None
+    noises = dict(_run(np.load, noise)) if noise else None
+    images = _run(render, G, codes_w, codes_s, noises, batch_size=batch_size)
+    save_npy(out, images.astype(np.float32))
+    typer.echo(f"{out}: {images.shape[0]} image(s) {images.shape[2]}x{images.shape[3]}")
+
+
+@generator_app.command("layers")
+def generator_layers(
+    resolution: int = typer.Option(1024, help="generator resolution (power of two, 8 ... 1024)"),
+    channel_multiplier: int = typer.Option(2, help="StyleGAN2 channel multiplier (config-f: 2)"),
+    path: Optional[Path] = typer.Option(None, help="params file (default: the workspace's params.yaml)"),
+) -> None:
+    """Print the StyleSpace layer table, marking the layers that carry S_F (params: model.sf_layers)."""
+    from pipeline.config import load_params
+    from pipeline.models.stylegan2 import Generator
+
+    sf_layers = _run(load_params, path).model.sf_layers
+    with _meta_device():
+        G = Generator(resolution=resolution, channel_multiplier=channel_multiplier)
+    sf = set(G.ss_indices(sf_layers.order, sf_layers.count))
+    table = Table(title=f"StyleSpace layers at {resolution} px (S_F: first {sf_layers.count}, order '{sf_layers.order}')")
+    for column in ("index", "name", "kind", "resolution", "channels", "W+ row", "S_F"):
+        table.add_column(column)
+    for layer in G.ss_layers:
+        table.add_row(str(layer.index), layer.name, layer.kind, str(layer.resolution), str(layer.channels),
+                      str(layer.wplus_row), "yes" if layer.index in sf else "")
+    Console().print(table)
+    typer.echo(f"{len(G.ss_layers)} layers, {sum(layer.channels for layer in G.ss_layers)} channels")
+
+
+def _meta_device():
+    import torch
+
+    return torch.device("meta")  # shapes only: no memory for a 1024 px generator's weights
+
+
 @app.command()
 def params(path: Optional[Path] = typer.Option(None, help="params file (default: the workspace's params.yaml)")) -> None:
     """Validate params.yaml and print it with every default filled in."""

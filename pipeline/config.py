@@ -70,6 +70,38 @@ class PrepareParams(_Section):
     workers: int = Field(default=2, ge=1, le=256)
 
 
+class GeneratorParams(_Section):
+    source: Literal["train", "rosinality", "nvidia"] = "train"
+    checkpoint: str = "stylegan2_ffhq_1024_rosinality"  # asset name, used when source is rosinality | nvidia
+    # architecture of the trained toy generator (source: train); resolution = the prepared crop size
+    style_dim: int = Field(default=128, ge=8, le=1024)
+    n_mlp: int = Field(default=4, ge=1, le=8)
+    channel_max: int = Field(default=64, ge=8, le=1024)
+    channel_multiplier: int = Field(default=1, ge=1, le=4)
+    # warm-up as the decoder of an autoencoder
+    iters: int = Field(default=700, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=0.002, gt=0, le=1)
+    feature_weight: float = Field(default=2.0, ge=0)
+    offset_weight: float = Field(default=1.0, ge=0)
+    # mapping network fitted to the encoder's codes
+    mapping_iters: int = Field(default=300, ge=0)
+    mapping_lr: float = Field(default=0.02, gt=0, le=1)
+    # quality gate on held-out identities, and the sample grid
+    eval_frames: int = Field(default=64, ge=1)
+    refine_steps: int = Field(default=30, ge=0)
+    truncation: float = Field(default=0.7, ge=0, le=1)
+
+
+class SFLayers(_Section):
+    order: Literal["all", "conv"] = "all"  # StyleSpace order: 26 layers with toRGB | conv layers only
+    count: int = Field(default=10, ge=1, le=26)  # "the first 10 SS layers" of the paper
+
+
+class ModelParams(_Section):
+    sf_layers: SFLayers = SFLayers()  # the StyleSpace layers that carry S_F, the motion code
+
+
 class SplitParams(_Section):
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
@@ -78,11 +110,13 @@ class Params(_Section):
     seed: int = Field(default=0, ge=0)
     split: SplitParams = SplitParams()
     assets: dict[str, Asset] = {}
+    model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
+    generator: GeneratorParams = GeneratorParams()
 
 
-SHARED_SECTIONS = ("seed", "split", "assets")  # read by several stages
+SHARED_SECTIONS = ("seed", "split", "model", "assets")  # read by several stages
 STAGE_SECTIONS = tuple(name for name in Params.model_fields if name not in SHARED_SECTIONS)
 
 

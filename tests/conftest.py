@@ -25,6 +25,14 @@ TINY = {
     "prepare.eval_frames": 10,
     "split.test_fraction": 0.4,
     "prepare.workers": 1,
+    "generator.style_dim": 16,
+    "generator.n_mlp": 2,
+    "generator.channel_max": 16,
+    "generator.iters": 4,
+    "generator.batch_size": 4,
+    "generator.mapping_iters": 3,
+    "generator.eval_frames": 4,
+    "generator.refine_steps": 2,
 }
 
 

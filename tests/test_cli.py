@@ -83,3 +83,41 @@ def test_stage_command_reports_a_bad_params_key_without_traceback(tmp_path):
     assert "data.n_identitis: unknown key; did you mean 'data.n_identities'" in done.stderr
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
+
+
+def test_generator_render_wplus_and_sspace_agree(tmp_path):
+    import torch
+
+    from pipeline.models.stylegan2 import Generator
+    from pipeline.models.stylegan2_formats import save_native
+
+    torch.manual_seed(0)
+    G = Generator(resolution=8, style_dim=8, n_mlp=1, channel_max=8)
+    save_native(G, tmp_path / "g.pt")
+    wplus = np.random.default_rng(0).standard_normal((2, G.n_latent, 8)).astype(np.float32)
+    np.save(tmp_path / "w.npy", wplus)
+    with torch.no_grad():
+        styles = G.A(torch.from_numpy(wplus))
+    np.savez(tmp_path / "s.npz", **{f"s_{i}": s.numpy() for i, s in enumerate(styles)})
+    common = ["generator", "render", "--checkpoint", str(tmp_path / "g.pt"), "--format", "native"]
+    r1 = runner.invoke(app, [*common, "--wplus", str(tmp_path / "w.npy"), "--out", str(tmp_path / "a.npy")])
+    r2 = runner.invoke(app, [*common, "--sspace", str(tmp_path / "s.npz"), "--out", str(tmp_path / "b.npy")])
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert a.shape == (2, 3, 8, 8) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    bad = runner.invoke(app, [*common, "--wplus", str(tmp_path / "s.npz"), "--out", str(tmp_path / "c.npy")])
+    assert bad.exit_code == 2 and not (tmp_path / "c.npy").exists()
+    truncated = tmp_path / "t.pt"
+    truncated.write_bytes((tmp_path / "g.pt").read_bytes()[:200])
+    r3 = runner.invoke(app, ["generator", "render", "--checkpoint", str(truncated), "--format", "native",
+                             "--wplus", str(tmp_path / "w.npy"), "--out", str(tmp_path / "d.npy")])
+    assert r3.exit_code == 2 and "t.pt" in r3.output and "Traceback" not in r3.output
+
+
+def test_generator_layers_marks_the_motion_layers():
+    result = runner.invoke(app, ["generator", "layers", "--resolution", "1024"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "26 layers, 9088 channels" in result.output
+    rows = [line for line in result.output.splitlines() if "yes" in line]
+    assert len(rows) == 10  # params: model.sf_layers.count

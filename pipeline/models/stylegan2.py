@@ -30,7 +30,8 @@ An SS code of a layer is the output of that layer's affine map (rosinality's `mo
 `affine(w)`), taken BEFORE the 1/sqrt(fan_in) weight scale; its width is the layer's input channels.
 NVIDIA's stylegan2-ada-pytorch multiplies its toRGB styles by weight_gain = 1/sqrt(in_channels) (it folds
 the 1x1 conv's scale into the style): NVIDIA toRGB style = ours / sqrt(in_channels). Its conv-layer styles
-equal ours. The NVIDIA reader converts weights, so NVIDIA-trained generators use our convention here too.
+equal ours. The NVIDIA reader only renames parameters (the images are identical); SS codes computed here
+follow our convention whatever the checkpoint's origin.
 
 Layer orders ("the first 10 SS layers")
 ---------------------------------------

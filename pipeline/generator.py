@@ -1,0 +1,271 @@
+"""Stage `generator`: the StyleGAN2 decoder G that every later stage drives.
+
+- source `rosinality` | `nvidia`: a user checkpoint (an asset) is converted to our native format and
+  verified (a forward pass, statistics of a batch of samples).
+- source `train` (the embedded default): a small StyleGAN2 trained on the prepared frames of the
+  synthetic world, on a CPU, in minutes. Adversarial training is too slow for that budget (measured
+  before this stage existed: ~290 GAN iterations in 5 minutes gave colour blobs), so G is warmed up as
+  the decoder of an autoencoder (a small conv encoder predicts W+ = w + per-layer offsets, penalised so
+  that a single w already renders the face), then the mapping network is fitted so that w = mapping(z)
+  follows the distribution of the encoder's codes (an MMD fit), because later stages sample W
+  (latent discriminator, latent_avg, edit directions).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.dataset import SplitArrays
+from pipeline.metrics.image import masked_psnr, psnr, ssim
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1] (G's output range)."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
+    return images.detach().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+class WarmupEncoder(nn.Module):
+    """A small conv encoder for G's warm-up: image -> (w [N, D], offsets [N, n_latent, D]), W+ = w + offsets."""
+
+    def __init__(
+        self,
+        resolution: int,  # input side in px (power of two >= 8)
+        style_dim: int,  # D, the width of W
+        n_latent: int,  # rows of W+
+        width: int = 32,  # channels of the first conv; doubles per halving of the resolution, capped at 256
+    ):
+        super().__init__()
+        self.style_dim, self.n_latent = style_dim, n_latent
+        layers, channels, size = [nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2)], width, resolution
+        while size > 4:
+            out = min(channels * 2, 256)
+            layers += [nn.Conv2d(channels, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            channels, size = out, size // 2
+        self.features = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 16, 512), nn.LeakyReLU(0.2))
+        self.to_w = nn.Linear(512, style_dim)
+        self.to_offsets = nn.Linear(512, n_latent * style_dim)
+        nn.init.zeros_(self.to_offsets.weight)  # start from W (offsets 0): the warm-up keeps them small
+        nn.init.zeros_(self.to_offsets.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        return self.to_w(h), self.to_offsets(h).view(-1, self.n_latent, self.style_dim)
+
+
+def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, masks: torch.Tensor, feature_weight: float) -> torch.Tensor:
+    """L1 over the image plus `feature_weight` x L1 inside the Eq. 13 mask (eyes, brows, mouth: small
+    regions that carry the motion and that a plain L1 under-weights)."""
+    err = (y - x).abs()
+    inside = (err * masks).sum() / (masks.sum() * 3).clamp_min(1.0)
+    return err.mean() + feature_weight * inside
+
+
+def _batch(data: SplitArrays, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return to_tensor(data.frames[idx]), torch.from_numpy(data.masks[idx]).float()[:, None]
+
+
+@dataclass
+class WarmupConfig:
+    iters: int
+    batch_size: int
+    lr: float
+    feature_weight: float
+    offset_weight: float  # penalty on the W+ offsets, mean of squares
+    seed: int
+
+
+def train_autoencoder(G: nn.Module, E: WarmupEncoder, train: SplitArrays, cfg: WarmupConfig,
+                      progress: bool = True, log_every: int = 25) -> list[dict]:
+    """Train G and E jointly to reconstruct the training frames; returns the loss history."""
+    rng = np.random.default_rng([cfg.seed, 10])
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.Adam([*G.parameters(), *E.parameters()], lr=cfg.lr, betas=(0.9, 0.99))
+    history, start = [], time.perf_counter()
+    G.train()
+    E.train()
+    for step in tqdm(range(1, cfg.iters + 1), desc="generator warm-up", disable=not progress):
+        x, m = _batch(train, rng.integers(len(train), size=cfg.batch_size))
+        w, offsets = E(x)
+        y = G.synthesis(w[:, None] + offsets, randomize_noise=True)
+        rec = reconstruction_loss(y, x, m, cfg.feature_weight)
+        reg = offsets.pow(2).mean()
+        loss = rec + cfg.offset_weight * reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % log_every == 0 or step == cfg.iters:
+            history.append({"step": step, "phase": "warmup", "loss": loss.item(), "rec": rec.item(),
+                            "offsets": reg.item(), "seconds": round(time.perf_counter() - start, 2)})
+    G.eval()
+    E.eval()
+    return history
+
+
+@torch.no_grad()
+def encode_all(E: WarmupEncoder, data: SplitArrays, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    ws, offsets = [], []
+    for i in range(0, len(data), batch_size):
+        w, o = E(to_tensor(data.frames[i : i + batch_size]))
+        ws.append(w)
+        offsets.append(o)
+    return torch.cat(ws), torch.cat(offsets)
+
+
+def mmd(a: torch.Tensor, b: torch.Tensor, bandwidths: torch.Tensor) -> torch.Tensor:
+    """Squared maximum mean discrepancy with a sum of Gaussian kernels (biased estimator)."""
+    def k(x, y):
+        d2 = torch.cdist(x, y).pow(2)
+        return sum(torch.exp(-d2 / (2 * s * s)) for s in bandwidths)
+
+    return k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean()
+
+
+def fit_mapping(G: nn.Module, codes: torch.Tensor, iters: int, batch_size: int, lr: float, seed: int,
+                progress: bool = True, log_every: int = 25) -> list[dict]:
+    """Fit G's mapping network so that mapping(z), z ~ N(0, I), matches the distribution of `codes` [M, D]
+    (MMD over kernels at 0.5x, 1x and 2x the median pairwise distance of the codes). `lr` is the
+    effective step on the mapping weights (the optimiser's step times the layers' lr multiplier)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sub = codes[torch.randperm(len(codes), generator=gen)[:512]]
+        median = torch.cdist(sub, sub).median()
+    bandwidths = median * torch.tensor([0.5, 1.0, 2.0])
+    params = list(G.style.parameters())
+    # The mapping layers scale their weights by lr_mul (0.01, equalised lr), so a raw Adam step of size a
+    # moves the effective weights by a * lr_mul: divide to make `lr` the effective step.
+    opt = torch.optim.Adam(params, lr=lr / G.config["lr_mlp"], betas=(0.9, 0.99))
+    history, start = [], time.perf_counter()
+    for step in tqdm(range(1, iters + 1), desc="mapping fit", disable=not progress):
+        z = torch.randn(batch_size, codes.shape[1], generator=gen)
+        target = codes[torch.randint(len(codes), (batch_size,), generator=gen)]
+        loss = mmd(G.map(z), target, bandwidths)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % log_every == 0 or step == iters:
+            history.append({"step": step, "phase": "mapping", "mmd": loss.item(),
+                            "seconds": round(time.perf_counter() - start, 2)})
+    return history
+
+
+def refine_wplus(G: nn.Module, wplus: torch.Tensor, x: torch.Tensor, m: torch.Tensor, steps: int, lr: float,
+                 feature_weight: float) -> torch.Tensor:
+    """A short per-image optimisation of W+ from the encoder's estimate (G frozen)."""
+    wplus = wplus.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([wplus], lr=lr)
+    for _ in range(steps):
+        loss = reconstruction_loss(G.synthesis(wplus, randomize_noise=False), x, m, feature_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return wplus.detach()
+
+
+def reconstruction_metrics(targets: np.ndarray, outputs: np.ndarray, face: np.ndarray, feature: np.ndarray) -> dict:
+    return {
+        "psnr": round(psnr(targets, outputs), 3),
+        "ssim": round(ssim(targets, outputs), 4),
+        "psnr_face": round(masked_psnr(targets, outputs, face), 3),
+        "psnr_features": round(masked_psnr(targets, outputs, feature), 3),
+    }
+
+
+def mean_colour_baseline(targets: np.ndarray, face: np.ndarray) -> dict:
+    """What a flat image of each frame's mean colour scores: the floor a reconstruction must clear."""
+    flat = np.broadcast_to(targets.reshape(len(targets), -1, 3).mean(1)[:, None, None, :], targets.shape)
+    flat = flat.round().astype(np.uint8)
+    return {"psnr": round(psnr(targets, flat), 3), "psnr_face": round(masked_psnr(targets, flat, face), 3)}
+
+
+@dataclass
+class Reconstructions:
+    metrics: dict = field(default_factory=dict)
+    targets: np.ndarray | None = None
+    encoded: np.ndarray | None = None
+    refined: np.ndarray | None = None
+
+
+def evaluate_reconstruction(G: nn.Module, E: WarmupEncoder, test: SplitArrays, n: int, refine_steps: int,
+                            refine_lr: float, feature_weight: float, seed: int) -> Reconstructions:
+    """Held-out reconstruction (identities never seen in training): encoder only, and after a short W+
+    refinement; PSNR / SSIM over the image, PSNR inside the face outline and inside the Eq. 13 mask."""
+    from pipeline.masks import face_mask
+
+    idx = np.sort(np.random.default_rng([seed, 11]).choice(len(test), size=min(n, len(test)), replace=False))
+    x, m = _batch(test, idx)
+    targets = test.frames[idx]
+    face = np.stack([face_mask(lm, targets.shape[1]) for lm in test.landmarks[idx]])
+    feature = test.masks[idx]
+    with torch.no_grad():
+        w, offsets = E(x)
+        wplus = w[:, None] + offsets
+        encoded = to_uint8(G.synthesis(wplus, randomize_noise=False))
+    refined_w = refine_wplus(G, wplus, x, m, refine_steps, refine_lr, feature_weight)
+    with torch.no_grad():
+        refined = to_uint8(G.synthesis(refined_w, randomize_noise=False))
+    metrics = {
+        "frames": int(len(idx)),
+        "encoder": reconstruction_metrics(targets, encoded, face, feature),
+        "refined": reconstruction_metrics(targets, refined, face, feature),
+        "mean_colour_baseline": mean_colour_baseline(targets, face),
+        "refine_steps": refine_steps,
+    }
+    return Reconstructions(metrics, targets, encoded, refined)
+
+
+@torch.no_grad()
+def sample(G: nn.Module, n: int, truncation: float, seed: int) -> np.ndarray:
+    """n images from random z (fixed noise), with truncation towards G.latent_avg."""
+    z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed))
+    w = G.map(z, truncation=truncation, truncation_latent=G.latent_avg[None])
+    return to_uint8(G.synthesis(w[:, None].expand(-1, G.n_latent, -1), randomize_noise=False))
+
+
+@torch.no_grad()
+def sample_statistics(G: nn.Module, n: int = 64, seed: int = 0) -> dict:
+    """Statistics of a batch of samples: a converted checkpoint that renders noise or constants shows here."""
+    z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed))
+    images = torch.cat([G.synthesis(G.map(zb)[:, None].expand(-1, G.n_latent, -1), randomize_noise=False)
+                        for zb in z.split(8)])
+    per_image_std = images.flatten(1).std(1)
+    return {
+        "finite": bool(torch.isfinite(images).all()),
+        "mean": round(float(images.mean()), 4),
+        "std": round(float(images.std()), 4),
+        "min": round(float(images.min()), 4),
+        "max": round(float(images.max()), 4),
+        "per_image_std_min": round(float(per_image_std.min()), 4),
+        "pairwise_l1_mean": round(float((images[: n // 2] - images[n // 2 :]).abs().mean()), 4),
+    }
+
+
+def latent_average(G: nn.Module, n: int = 4096, seed: int = 0) -> torch.Tensor:
+    with torch.no_grad():
+        z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed))
+        return G.map(z).mean(0)
+
+
+def mmd_to_codes(G: nn.Module, codes: torch.Tensor, seed: int, n: int = 1024) -> float:
+    """MMD between mapped samples and the encoder's codes, at the median-distance bandwidths."""
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed)
+        sub = codes[torch.randperm(len(codes), generator=gen)[:n]]
+        median = torch.cdist(sub, sub).median()
+        w = G.map(torch.randn(len(sub), codes.shape[1], generator=gen))
+        return round(float(mmd(w, sub, median * torch.tensor([0.5, 1.0, 2.0]))), 5)
+
+
+__all__ = ["WarmupEncoder", "WarmupConfig", "train_autoencoder", "fit_mapping", "evaluate_reconstruction",
+           "sample", "sample_statistics", "latent_average", "mmd", "mmd_to_codes", "encode_all", "to_tensor",
+           "to_uint8", "reconstruction_loss", "mean_colour_baseline"]
