@@ -82,6 +82,7 @@ class GeneratorParams(_Section):
     iters: int = Field(default=700, ge=1)
     batch_size: int = Field(default=16, ge=1)
     lr: float = Field(default=0.002, gt=0, le=1)
+    encoder_lr_ratio: float = Field(default=0.25, gt=0, le=10)
     feature_weight: float = Field(default=2.0, ge=0)
     offset_weight: float = Field(default=1.0, ge=0)
     # mapping network fitted to the encoder's codes

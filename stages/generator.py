@@ -54,7 +54,8 @@ def _train(section: GeneratorParams, seed: int, root, progress: bool) -> tuple[d
                   channel_multiplier=section.channel_multiplier, channel_max=section.channel_max)
     E = WarmupEncoder(resolution, section.style_dim, G.n_latent)
     warmup = WarmupConfig(iters=section.iters, batch_size=section.batch_size, lr=section.lr,
-                          feature_weight=section.feature_weight, offset_weight=section.offset_weight, seed=seed)
+                          feature_weight=section.feature_weight, offset_weight=section.offset_weight, seed=seed,
+                          encoder_lr_ratio=section.encoder_lr_ratio)
     warmup_log = train_autoencoder(G, E, train, warmup, progress=progress)
     codes, _ = encode_all(E, train)
     mmd_before = mmd_to_codes(G, codes, seed)
@@ -99,9 +100,8 @@ def _convert(section: GeneratorParams, checkpoint, seed: int, root) -> dict:
     save_native(G, root / MODELS / "generator.pt", extra={"source": section.source, "checkpoint": str(checkpoint),
                                                          "metrics": metrics, "seed": seed})
     images = sample(G, 8, section.truncation, seed)
-    image_grid(root / REPORTS / "generator_samples.png", list(images), ncols=4,
+    image_grid(root / REPORTS / "generator" / "samples.png", list(images), ncols=4,
                suptitle=f"generator: {section.source} checkpoint, truncation {section.truncation}")
-    image_grid(root / REPORTS / "generator" / "reconstructions.png", [np.zeros((8, 8, 3), np.uint8)], ["(converted: no reconstructions)"])
     return metrics
 
 

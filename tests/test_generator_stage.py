@@ -111,3 +111,43 @@ def test_sample_statistics_flag_flat_generators():
             rgb.conv.weight.zero_()
     assert sample_statistics(G, n=8)["per_image_std_min"] < 1e-6
     assert sample(G, 2, truncation=0.7, seed=0).shape == (2, 16, 16, 3)
+
+
+def test_stage_converts_a_rosinality_checkpoint(tmp_path, monkeypatch, real_params):
+    """source: rosinality -> models/generator.pt in our format, rendering exactly what the checkpoint renders."""
+    import hashlib
+    import json
+
+    import yaml
+
+    from pipeline.models.stylegan2_formats import load_generator, to_rosinality_checkpoint
+    from stages import generator as stage
+
+    G = _tiny_generator()
+    G.latent_avg.copy_(G.mean_latent(256)[0])
+    ckpt = tmp_path / "g.pt"
+    torch.save(to_rosinality_checkpoint(G), ckpt)
+    real_params["assets"]["tiny_rosinality"] = {"path": str(ckpt), "source": "made by the test", "used_by": ["generator"],
+                                                "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+    real_params["generator"].update(source="rosinality", checkpoint="tiny_rosinality")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(real_params))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    metrics = stage.main(progress=False)
+    assert metrics["source"] == "rosinality" and metrics["resolution"] == 16 and metrics["samples"]["finite"]
+    assert json.loads((tmp_path / "metrics" / "generator.json").read_text())["checkpoint"] == str(ckpt)
+    assert (tmp_path / "reports" / "generator" / "samples.png").is_file()
+    converted = load_generator(tmp_path / "models" / "generator.pt", "native")
+    w = torch.randn(2, G.n_latent, 16)
+    with torch.no_grad():
+        assert torch.equal(converted.synthesis(w), G.synthesis(w))
+    assert torch.equal(converted.latent_avg, G.latent_avg)
+    # a checkpoint that is not what params say it is: refused, nothing written
+    ckpt.write_bytes(b"not a checkpoint")
+    (tmp_path / "models" / "generator.pt").unlink()
+    from pipeline.assets import AssetError
+
+    with pytest.raises(AssetError, match="different file"):
+        stage.main(progress=False)
+    assert not (tmp_path / "models" / "generator.pt").exists()
