@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.faces import LANDMARKS_68, DlibDetector, DlibLandmarks, as_rgb_uint8, dlib_model_path
+from pipeline.faces import LANDMARKS_68, DlibDetector, DlibLandmarks, as_rgb_uint8, dlib_model_path, dlib_rectangle
 
 POSE_NAMES = ("yaw", "pitch", "roll")
 GAZE_NAMES = ("gaze_x", "gaze_y")
@@ -260,12 +260,8 @@ class DlibFaceDescriptor:
 
     def __call__(self, frame: np.ndarray, box) -> np.ndarray:
         """Descriptor float32 [128] of the face in `box` (x0, y0, x1, y1, exclusive ends as in pipeline.faces)."""
-        import dlib
-
         frame = as_rgb_uint8(frame)
-        x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
-        rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
-        shape = self._predictor(frame, rect)
+        shape = self._predictor(frame, dlib_rectangle(box))
         return np.asarray(self._net.compute_face_descriptor(frame, shape, self.num_jitters), dtype=np.float32)
 
 

@@ -92,6 +92,14 @@ class DlibDetector:
     __call__ = detect
 
 
+def dlib_rectangle(box):
+    """Our box (x0, y0, x1, y1, exclusive ends) as dlib's inclusive integer rectangle."""
+    import dlib
+
+    x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+    return dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+
+
 class DlibLandmarks:
     """dlib's 68-point shape predictor (iBUG 300-W markup) for a face box."""
 
@@ -106,10 +114,6 @@ class DlibLandmarks:
 
     def __call__(self, frame: np.ndarray, box) -> np.ndarray:
         """Landmarks float32 [68, 2] (x, y) in frame pixels for the face in `box` (x0, y0, x1, y1)."""
-        import dlib
-
         frame = as_rgb_uint8(frame)
-        x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
-        rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
-        shape = self._predictor(frame, rect)
+        shape = self._predictor(frame, dlib_rectangle(box))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)

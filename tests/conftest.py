@@ -50,6 +50,22 @@ def tiny_params(real_params) -> dict:
     return real_params
 
 
+@pytest.fixture(scope="session")
+def detector():
+    """dlib's HOG face detector (pipeline.faces), built once."""
+    from pipeline.faces import DlibDetector
+
+    return DlibDetector()
+
+
+@pytest.fixture(scope="session")
+def landmarks():
+    """dlib's 68-point predictor (pipeline.faces), built once."""
+    from pipeline.faces import DlibLandmarks
+
+    return DlibLandmarks()
+
+
 @pytest.fixture
 def media() -> Path:
     if not MEDIA.is_dir():

@@ -26,7 +26,7 @@ from pipeline.analysis_dlib import (
     head_pose,
     project,
 )
-from pipeline.faces import DlibDetector, DlibLandmarks
+from pipeline.faces import DlibDetector
 from pipeline.video import read_video
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
@@ -178,16 +178,6 @@ def test_analyze_frames_reports_none_without_face_and_named_features():
 
 
 # ------------------------------------------------------------------------------------ real media
-
-
-@pytest.fixture(scope="module")
-def detector():
-    return DlibDetector()
-
-
-@pytest.fixture(scope="module")
-def landmarks():
-    return DlibLandmarks()
 
 
 def largest(boxes: np.ndarray) -> np.ndarray:

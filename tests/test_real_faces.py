@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline.crop import box_iou, crop_and_resize, crop_videos, find_tracks, to_crop_coords, track_faces
-from pipeline.faces import LANDMARKS_68, DlibDetector, DlibLandmarks, dlib_model_path
+from pipeline.faces import LANDMARKS_68, DlibDetector, dlib_model_path
 from pipeline.video import iter_frames, read_video, write_video
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
@@ -22,16 +22,6 @@ needs_media = pytest.mark.skipif(
     not MEDIA.is_dir(),
     reason=f"real face media not found at {MEDIA} (../shared/media beside the repository; a fresh clone has none)",
 )
-
-
-@pytest.fixture(scope="module")
-def detector():
-    return DlibDetector()
-
-
-@pytest.fixture(scope="module")
-def landmarks():
-    return DlibLandmarks()
 
 
 # ------------------------------------------------------------------------------------ no media needed
