@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline.crop import box_iou, crop_and_resize, crop_videos, find_tracks, to_crop_coords, track_faces
-from pipeline.faces import LANDMARKS_68, DlibDetector, dlib_model_path
+from pipeline.faces import LANDMARKS_68, dlib_model_path
 from pipeline.video import iter_frames, read_video, write_video
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
