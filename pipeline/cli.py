@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -159,7 +160,9 @@ def assets(path: Optional[Path] = typer.Option(None, help="params file (default:
 
     resolved = _run(load_params, path)
     table = Table(title="assets (params.yaml: assets)")
-    for column in ("name", "status", "used by", "path", "how to obtain"):
+    for column in ("name", "status"):
+        table.add_column(column, no_wrap=True)
+    for column in ("used by", "path", "how to obtain"):
         table.add_column(column, overflow="fold")
     colours = {"present": "green", "unverified": "yellow", "missing": "red", "checksum-mismatch": "red"}
     bad = 0
@@ -168,7 +171,8 @@ def assets(path: Optional[Path] = typer.Option(None, help="params file (default:
         bad += status.status in ("missing", "checksum-mismatch")
         table.add_row(name, f"[{colours[status.status]}]{status.status}[/]", ", ".join(status.used_by),
                       str(status.path or asset.path), asset.source)
-    Console().print(table)
+    # Piped or captured output gets full lines (grep-able) instead of a table folded to 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     if bad:
         console.print(f"{bad} asset(s) missing or wrong: stages that use them will stop with this message.")
 
