@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.models.state import state_dict_problems
+
 EMBED_DIM = 512
 # pSp's crop of a 256x256 aligned face (IDLoss.extract_feats: x[:, :, 35:223, 32:220]): 188x188 pixels.
 CROP_SIZE = 256
@@ -253,26 +255,9 @@ def load_irse50(path: str | Path) -> IRSE50:
     for k in expected:
         if k.endswith(".num_batches_tracked") and k not in state:
             state[k] = torch.zeros((), dtype=torch.long)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        k for k in set(expected) & set(state)
-        if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or mismatched:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {few(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {few(mismatched)}")
-        raise ValueError(
-            f"{path} is not an IR-SE50 (pSp model_ir_se50.pth) state dict: " + "; ".join(parts)
-        )
+    problems = state_dict_problems(state, expected)
+    if problems:
+        raise ValueError(f"{path} is not an IR-SE50 (pSp model_ir_se50.pth) state dict: " + "; ".join(problems))
     net = net.to_empty(device="cpu")  # every parameter and buffer is overwritten by the strict load below
     net.load_state_dict(state, strict=True)
     return net.eval()

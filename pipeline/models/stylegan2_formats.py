@@ -35,6 +35,8 @@ import torch
 from torch import Tensor
 
 from pipeline.io import atomic_path
+from pipeline.models.state import few as _few
+from pipeline.models.state import state_dict_problems
 from pipeline.models.stylegan2 import (
     MAX_RESOLUTION,
     MIN_RESOLUTION,
@@ -320,24 +322,7 @@ def _load_state(G: Generator, state: Any, where: str) -> None:
     """load_state_dict(strict=True) after a check that reports missing / unexpected keys and shape mismatches."""
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{where}: state dict is a {type(state).__name__}, expected a dict of tensors")
-    expected = {k: tuple(v.shape) for k, v in G.state_dict().items()}
-    not_tensor = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
-    missing = [k for k in expected if k not in state]
-    unexpected = [str(k) for k in state if k not in expected]
-    mismatched = [
-        f"{k}: found {list(state[k].shape)}, expected {list(shape)}"
-        for k, shape in expected.items()
-        if k in state and isinstance(state[k], Tensor) and tuple(state[k].shape) != shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys ({_few(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
-    if not_tensor:
-        problems.append(f"{len(not_tensor)} entries that are not tensors ({_few(not_tensor)})")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches ({_few(mismatched)})")
+    problems = state_dict_problems(state, G.state_dict())
     if problems:
         cfg = G.config
         raise CheckpointError(
@@ -353,11 +338,6 @@ def _set_latent_avg(G: Generator, latent_avg: Tensor, where: str) -> None:
         raise CheckpointError(f"{where}: latent_avg has shape {shape}, expected [{G.style_dim}]")
     with torch.no_grad():
         G.latent_avg.copy_(latent_avg.detach().reshape(G.style_dim))
-
-
-def _few(items: Sequence[str], n: int = 4) -> str:
-    items = list(items)
-    return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
 
 
 # ---------------------------------------------------------------------------------------------------------
