@@ -9,7 +9,11 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,pyfeat]"
+	# py-feat's xgboost brings nvidia-nccl-cu12, whose libnccl.so.2 overwrites (same path) the one a CUDA-13
+	# torch gets from nvidia-nccl-cu13: put torch's back (see pyproject.toml)
+	if $(BIN)/python -m pip show -q nvidia-nccl-cu13 >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install --quiet --force-reinstall --no-deps -c requirements.lock nvidia-nccl-cu13; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -204,5 +204,138 @@ def crop(
     typer.echo(f"{kept} track(s) cropped from {len(inputs)} video(s); see {out / 'crops.json'}")
 
 
+@app.command()
+def analyze(
+    input: Optional[Path] = typer.Argument(None, help="an image (jpg, png, ...) or a video (mp4, ...) to analyse"),
+    backend: str = typer.Option(..., "--backend", help="face analysis backend: toy | arcface | dlib | pyfeat"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output .jsonl: one JSON line per analysed frame"),
+    compare: Optional[tuple[Path, Path]] = typer.Option(
+        None, "--compare", metavar="A B", help="print the identity distance between two images / videos instead"),
+    crop: bool = typer.Option(True, "--crop/--no-crop",
+                              help="find and crop the face as `prepare` does (--no-crop: inputs are aligned face crops)"),
+    params_path: Optional[Path] = typer.Option(None, "--params", help="params file (default: the workspace's params.yaml)"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="face crops per backend call"),
+) -> None:
+    """Face analysis of an image or video (identity embedding, head pose, gaze, expression), or --compare A B."""
+    if input is not None and compare is not None:
+        console.print("error: give either INPUT (with --out) or --compare A B, not both", style="red")
+        raise typer.Exit(2)
+    if input is None and compare is None:
+        console.print("error: give an INPUT to analyse (with --out OUT.jsonl) or --compare A B", style="red")
+        raise typer.Exit(2)
+    if input is not None and out is None:
+        console.print(f"error: --out OUT.jsonl is required to analyse {input}", style="red")
+        raise typer.Exit(2)
+    if compare is not None and out is not None:
+        console.print("error: --compare prints its result; --out is only for analysing an INPUT", style="red")
+        raise typer.Exit(2)
+    if input is not None:
+        n = _run(_analyze_to_jsonl, backend, input, out, crop, params_path, batch_size)
+        typer.echo(f"{out}: {n} frame(s) of {input} analysed by backend '{backend}'")
+    else:
+        for line in _run(_analyze_compare, backend, compare[0], compare[1], crop, params_path, batch_size):
+            typer.echo(line)
+
+
+def _analysis_setup(backend: str, params_path: Optional[Path]):
+    from pipeline.analysis import load_analyzer
+    from pipeline.config import load_params
+
+    return load_analyzer(backend, load_params(params_path))
+
+
+def _answers(fn, frames):
+    """fn(frames), or None when the backend does not answer that question (BackendError)."""
+    from pipeline.analysis import BackendError
+
+    try:
+        return fn(frames)
+    except BackendError:
+        return None
+
+
+def _identity_rows(analyzer, frames, batch_size: int):
+    """Identity embeddings float [N, D] numpy (BackendError, naming the backends that can, if it has none)."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([analyzer.identity(frames[s : s + batch_size]).detach().float().cpu().numpy()
+                               for s in range(0, len(frames), batch_size)])
+
+
+def _analyze_to_jsonl(backend: str, input: Path, out: Path, crop: bool, params_path: Optional[Path],
+                      batch_size: int) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from pipeline.analysis.inputs import load_faces
+    from pipeline.io import atomic_path
+
+    analyzer = _analysis_setup(backend, params_path)
+    faces = load_faces(input, analyzer.input_size, crop=crop)
+    weights = analyzer.weights()
+    has_identity = has_motion = None  # which questions the backend answers: found out on the first batch
+    n = 0
+    with atomic_path(out) as tmp, open(tmp, "w") as f:  # an error leaves no half-written output
+        for s in range(0, len(faces), batch_size):
+            batch = faces.frames[s : s + batch_size]
+            ids = motion = None
+            if has_identity is not False:
+                with torch.no_grad():
+                    # BackendError on the first batch: no identity network; on a later one it is an error
+                    ids = _answers(analyzer.identity, batch) if has_identity is None else analyzer.identity(batch)
+                has_identity = ids is not None
+                ids = ids.detach().float().cpu().numpy() if ids is not None else None
+            if has_motion is not False:
+                motion = _answers(analyzer.motion, batch) if has_motion is None else analyzer.motion(batch)
+                has_motion = motion is not None
+            if not (has_identity or has_motion):
+                raise ValueError(f"backend '{backend}' answers neither identity nor motion")
+            for i in range(len(batch)):
+                row = motion.row(i) if motion is not None else {"found": None, "pose": None, "gaze": None, "expression": None}
+                emb = ids[i] if ids is not None else None
+                emb_ok = emb is not None and bool(np.all(np.isfinite(emb)))
+                found = row["found"] if row["found"] is not None else emb_ok
+                record = {"input": str(input), "frame": int(faces.indices[s + i]), "backend": analyzer.name,
+                          "weights": weights, "found": bool(found), "pose": row["pose"], "gaze": row["gaze"],
+                          "expression": row["expression"],
+                          "identity": [float(v) for v in emb] if emb_ok else None}
+                f.write(json.dumps(record) + "\n")
+                n += 1
+    return n
+
+
+def _analyze_compare(backend: str, a: Path, b: Path, crop: bool, params_path: Optional[Path],
+                     batch_size: int) -> list[str]:
+    import numpy as np
+    import torch
+
+    from pipeline.analysis.inputs import load_faces
+
+    analyzer = _analysis_setup(backend, params_path)
+    means, lines = [], []
+    for path in (a, b):
+        faces = load_faces(path, analyzer.input_size, crop=crop)
+        emb = _identity_rows(analyzer, faces.frames, batch_size)
+        ok = np.all(np.isfinite(emb), axis=1)
+        if not ok.any():
+            raise ValueError(f"{path}: backend '{backend}' found no face in any of the {len(emb)} crop(s); "
+                             f"try another backend or a clearer, more frontal view")
+        # a video's identity: the mean embedding over the frames where the backend saw a face
+        means.append(torch.from_numpy(emb[ok].mean(axis=0)))
+        lines.append(f"{path}: {len(emb)} frame(s), {int(ok.sum())} with a face")
+    d = float(analyzer.distance(means[0][None], means[1][None])[0])
+    lines.append(f"identity distance ({analyzer.distance_name}, backend {analyzer.name}): {d:.4f}")
+    if analyzer.threshold is not None:
+        same = "yes" if d < analyzer.threshold else "no"
+        lines.append(f"same person: {same} (threshold {analyzer.threshold})")
+    else:
+        lines.append(f"same person: undecided (backend {analyzer.name} has no same-person threshold)")
+    return lines
+
+
 if __name__ == "__main__":
     app()

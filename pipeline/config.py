@@ -103,6 +103,29 @@ class ModelParams(_Section):
     sf_layers: SFLayers = SFLayers()  # the StyleSpace layers that carry S_F, the motion code
 
 
+class AnalysisParams(_Section):
+    """Which face analysis backend (pipeline/analysis) serves which use."""
+
+    identity_loss: Literal["toy", "arcface"] = "toy"  # training ID loss (Eq. 8-9): a differentiable network
+    identity_metric: Literal["toy", "arcface", "dlib"] = "toy"  # L_ID in the evaluation
+    motion_metric: Literal["toy", "dlib", "pyfeat"] = "toy"  # pose / gaze / expression correlations
+
+
+class AnalyzerParams(_Section):
+    """The toy world's face analysis network (pipeline/analysis/toy.py), trained on the prepared frames."""
+
+    width: int = Field(default=32, ge=4, le=512)  # channels of the first conv block (doubling per block)
+    embedding_dim: int = Field(default=128, ge=8, le=2048)
+    iters: int = Field(default=1500, ge=1)
+    batch_size: int = Field(default=64, ge=2)
+    lr: float = Field(default=0.002, gt=0, le=1)
+    margin: float = Field(default=0.5, ge=0, lt=1.5)  # ArcFace additive angular margin m (radians)
+    scale: float = Field(default=30.0, gt=0, le=128)  # ArcFace logit scale s
+    motion_weight: float = Field(default=1.0, ge=0)  # weight of the pose + gaze + expression regression loss
+    augment: bool = True  # random shift / scale / blur / colour jitter, so that generator outputs are read too
+    eval_pairs: int = Field(default=3000, ge=10)  # same + different pairs for the held-out verification accuracy
+
+
 class SplitParams(_Section):
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
@@ -112,12 +135,14 @@ class Params(_Section):
     split: SplitParams = SplitParams()
     assets: dict[str, Asset] = {}
     model: ModelParams = ModelParams()
+    analysis: AnalysisParams = AnalysisParams()
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
     generator: GeneratorParams = GeneratorParams()
+    analyzer: AnalyzerParams = AnalyzerParams()
 
 
-SHARED_SECTIONS = ("seed", "split", "model", "assets")  # read by several stages
+SHARED_SECTIONS = ("seed", "split", "model", "analysis", "assets")  # read by several stages
 STAGE_SECTIONS = tuple(name for name in Params.model_fields if name not in SHARED_SECTIONS)
 
 

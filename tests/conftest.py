@@ -33,6 +33,11 @@ TINY = {
     "generator.mapping_iters": 3,
     "generator.eval_frames": 4,
     "generator.refine_steps": 2,
+    "analyzer.width": 4,
+    "analyzer.embedding_dim": 16,
+    "analyzer.iters": 4,
+    "analyzer.batch_size": 8,
+    "analyzer.eval_pairs": 20,
 }
 
 

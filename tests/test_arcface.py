@@ -221,3 +221,89 @@ def test_wrong_state_dict_errors(saved, tmp_path):
     torch.save([1, 2, 3], path)  # not a dict at all
     with pytest.raises(ValueError, match="state dict"):
         load_irse50(path)
+
+
+# --------------------------------------------------------------------- the `arcface` analysis backend
+
+
+@pytest.fixture(scope="module")
+def analyzer(encoder):
+    from pipeline.analysis.arcface import ArcFaceAnalyzer
+
+    return ArcFaceAnalyzer(encoder, weights={}, batch_size=1)  # batch 1: every 2-image call spans two batches
+
+
+def test_analyzer_shapes_unit_norm_deterministic_and_batch_independent(analyzer, encoder):
+    x = _images(2, seed=11)
+    e = analyzer.identity(x)  # two batches of one image
+    assert e.shape == (2, 512) and e.dtype == torch.float32 and not e.requires_grad
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(2), atol=1e-5, rtol=0)
+    # the same numbers from one batch of two through the ID-loss embedding itself: deterministic, batch-independent
+    with torch.no_grad():
+        torch.testing.assert_close(e, encoder.embed(x), atol=1e-5, rtol=1e-5)
+    d = analyzer.distance(e[:1], e)
+    assert d[0].abs() < 1e-5 and d[1] > 1e-4  # cosine distance: 0 to itself
+
+
+def test_analyzer_gradient_flows_to_float_images(analyzer):
+    x = _images(2, seed=12).requires_grad_(True)
+    e = analyzer.identity(x)
+    assert e.requires_grad
+    target = torch.nn.functional.normalize(torch.randn(512, generator=torch.Generator().manual_seed(0)), dim=0)
+    (1 - e[1] @ target).backward()  # the loss reads the second batch only
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert x.grad[1].abs().sum() > 0 and x.grad[0].abs().sum() == 0
+    assert analyzer.differentiable
+
+
+def test_analyzer_accepts_uint8_frames(analyzer):
+    import numpy as np
+
+    from pipeline.analysis import as_images
+
+    frames = np.random.default_rng(3).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    e = analyzer.identity(frames)
+    assert e.shape == (1, 512)
+    torch.testing.assert_close(e, analyzer.identity(as_images(frames)), atol=1e-6, rtol=0)
+
+
+def test_analyzer_has_no_motion_and_describes_itself(analyzer, encoder):
+    from pipeline.analysis import BackendError
+    from pipeline.analysis.arcface import ArcFaceAnalyzer
+
+    with pytest.raises(BackendError, match="motion backends: toy, dlib, pyfeat"):
+        analyzer.motion(_images(1))
+    assert analyzer.describe() == {"backend": "arcface", "weights": {}}
+    named = ArcFaceAnalyzer(encoder, weights={"/x/model_ir_se50.pth": "ab" * 32})
+    assert named.describe() == {"backend": "arcface", "weights": {"/x/model_ir_se50.pth": "ab" * 32}}
+    assert (analyzer.name, analyzer.distance_name, analyzer.input_size, analyzer.threshold) == ("arcface", "cosine", 256, None)
+
+
+def test_missing_asset_names_the_file_and_how_to_get_it(real_params, tmp_path):
+    from pipeline.analysis import load_analyzer
+    from pipeline.analysis.arcface import ArcFaceAnalyzer
+    from pipeline.assets import AssetError
+    from pipeline.config import validate_params
+
+    missing = tmp_path / "assets" / "model_ir_se50.pth"
+    real_params["assets"]["arcface_ir_se50"]["path"] = str(missing)
+    params = validate_params(real_params)
+    for build in (lambda: ArcFaceAnalyzer.from_params(params), lambda: load_analyzer("arcface", params)):
+        with pytest.raises(AssetError) as err:
+            build()
+        msg = str(err.value)
+        assert str(missing) in msg and "model_ir_se50.pth" in msg
+        assert "pixel2style2pixel README" in msg and "IR-SE50 Model" in msg
+
+
+def test_from_params_loads_the_asset_and_reports_its_sha256(net, saved, real_params):
+    import hashlib
+
+    from pipeline.analysis.arcface import ArcFaceAnalyzer
+    from pipeline.config import validate_params
+
+    real_params["assets"]["arcface_ir_se50"]["path"] = str(saved)
+    a = ArcFaceAnalyzer.from_params(validate_params(real_params))
+    assert a.weights() == {str(saved): hashlib.sha256(saved.read_bytes()).hexdigest()}
+    loaded, expected = a.encoder.net.state_dict(), net.state_dict()  # the file's weights, not a fresh net's
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)

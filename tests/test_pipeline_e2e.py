@@ -66,18 +66,21 @@ def _runs(repo: Path):
 
 def test_repro_then_experiments_land_in_one_store(tiny_repo):
     repo, env = tiny_repo
-    stages = ["data", "generator", "prepare"]
+    stages = ["analyzer", "data", "generator", "prepare"]
     _run(["dvc", "repro"], repo, env)
     data = json.loads((repo / "metrics" / "data.json").read_text())
     prep = json.loads((repo / "metrics" / "prepare.json").read_text())
     gen = json.loads((repo / "metrics" / "generator.json").read_text())
+    analyzer = json.loads((repo / "metrics" / "analyzer.json").read_text())
     assert data["identities"] == 5 and data["clips"] == 10
     assert prep["videos"]["rejected"] == 0
     assert prep["clips"]["train"] > 0 and prep["clips"]["test"] > 0 and prep["clips"]["cross_test"] > 0
     assert gen["resolution"] == 32 and gen["samples"]["finite"]
+    assert analyzer["backend"] == "toy" and 0 <= analyzer["heldout"]["verification"]["accuracy"] <= 1
+    assert set(analyzer["heldout"]["pose_mae_deg"]) == {"yaw", "pitch", "roll", "mean"}
     assert (repo / "data" / "prepared" / "manifest.csv").is_file()
-    assert (repo / "models" / "generator.pt").is_file()
-    for png in ("data_samples.png", "prepare_samples.png", "generator/samples.png", "generator/reconstructions.png"):
+    assert (repo / "models" / "generator.pt").is_file() and (repo / "models" / "analyzer.pt").is_file()
+    for png in ("analyzer.png", "data_samples.png", "prepare_samples.png", "generator/samples.png", "generator/reconstructions.png"):
         assert (repo / "reports" / png).stat().st_size > 1000
     runs = _runs(repo)
     assert sorted(runs["tags.stage"]) == stages
@@ -85,12 +88,12 @@ def test_repro_then_experiments_land_in_one_store(tiny_repo):
 
     # nothing changed: nothing re-runs, no new runs
     _run(["dvc", "repro"], repo, env)
-    assert len(_runs(repo)) == 3
+    assert len(_runs(repo)) == 4
 
     # a changed `prepare` param re-runs `prepare` and what depends on its output, not `data`
     _run(["dvc", "exp", "run", "-S", "prepare.mask_dilation=0.1"], repo, env)
     runs = _runs(repo)
-    assert sorted(runs["tags.stage"]) == ["data", "generator", "generator", "prepare", "prepare"]
+    assert sorted(runs["tags.stage"]) == ["analyzer", "analyzer", "data", "generator", "generator", "prepare", "prepare"]
 
     _run(["dvc", "exp", "run", "-S", "data.n_identities=6"], repo, env)
     _run(["dvc", "exp", "run", "--queue", "-S", "data.n_identities=4"], repo, env)
@@ -98,16 +101,16 @@ def test_repro_then_experiments_land_in_one_store(tiny_repo):
     _run(["dvc", "exp", "run", "--run-all"], repo, env)
 
     runs = _runs(repo)
-    assert len(runs) == 3 + 2 + 3 * 3, runs[["tags.stage", "tags.dvc_exp_name"]]
+    assert len(runs) == 4 + 3 + 3 * 4, runs[["tags.stage", "tags.dvc_exp_name"]]
     assert set(runs["status"]) == {"FINISHED"}
     names = set(runs["tags.dvc_exp_name"]) - {"(workspace)"}
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env))
     experiments = {e["name"] for base in shown for e in (base.get("experiments") or []) if e.get("name")}
     assert len(names) == 4 and names <= experiments, (names, experiments)
     stage_sets = sorted(tuple(sorted(runs.loc[runs["tags.dvc_exp_name"] == name, "tags.stage"])) for name in names)
-    assert stage_sets == sorted([("generator", "prepare"), *[tuple(stages)] * 3])
+    assert stage_sets == sorted([("analyzer", "generator", "prepare"), *[tuple(stages)] * 3])
     identities = sorted(float(v) for v in runs.loc[runs["tags.stage"] == "data", "params.data.n_identities"])
     assert identities == [4, 5, 6, 7]
     queued = runs[runs["tags.workdir"].str.contains(".dvc/tmp/exps", regex=False)]
-    assert len(queued) == 6  # the queued pair ran in temporary copies and still logged here
+    assert len(queued) == 8  # the queued pair ran in temporary copies and still logged here
     assert not list(repo.glob(".dvc/tmp/exps/**/mlflow.db"))

