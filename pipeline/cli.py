@@ -66,6 +66,14 @@ def prepare(dry_run: bool = DRY_RUN) -> None:
     _run(stage.main, dry_run=dry_run)
 
 
+@app.command()
+def analyzer(dry_run: bool = DRY_RUN) -> None:
+    """Stage `analyzer`: train the toy world's face analysis network (identity, pose, gaze, expression) and score it."""
+    from stages import analyzer as stage
+
+    _run(stage.main, dry_run=dry_run)
+
+
 generator_app = typer.Typer(help="Stage `generator` (no subcommand) and StyleGAN2 tools.", invoke_without_command=True)
 app.add_typer(generator_app, name="generator")
 
@@ -244,16 +252,6 @@ def _analysis_setup(backend: str, params_path: Optional[Path]):
     return load_analyzer(backend, load_params(params_path))
 
 
-def _answers(fn, frames):
-    """fn(frames), or None when the backend does not answer that question (BackendError)."""
-    from pipeline.analysis import BackendError
-
-    try:
-        return fn(frames)
-    except BackendError:
-        return None
-
-
 def _identity_rows(analyzer, frames, batch_size: int):
     """Identity embeddings float [N, D] numpy (BackendError, naming the backends that can, if it has none)."""
     import numpy as np
@@ -269,7 +267,6 @@ def _analyze_to_jsonl(backend: str, input: Path, out: Path, crop: bool, params_p
     import json
 
     import numpy as np
-    import torch
 
     from pipeline.analysis.inputs import load_faces
     from pipeline.io import atomic_path
@@ -277,25 +274,15 @@ def _analyze_to_jsonl(backend: str, input: Path, out: Path, crop: bool, params_p
     analyzer = _analysis_setup(backend, params_path)
     faces = load_faces(input, analyzer.input_size, crop=crop)
     weights = analyzer.weights()
-    has_identity = has_motion = None  # which questions the backend answers: found out on the first batch
+    no_motion = {"found": None, "pose": None, "gaze": None, "expression": None}
     n = 0
     with atomic_path(out) as tmp, open(tmp, "w") as f:  # an error leaves no half-written output
         for s in range(0, len(faces), batch_size):
             batch = faces.frames[s : s + batch_size]
-            ids = motion = None
-            if has_identity is not False:
-                with torch.no_grad():
-                    # BackendError on the first batch: no identity network; on a later one it is an error
-                    ids = _answers(analyzer.identity, batch) if has_identity is None else analyzer.identity(batch)
-                has_identity = ids is not None
-                ids = ids.detach().float().cpu().numpy() if ids is not None else None
-            if has_motion is not False:
-                motion = _answers(analyzer.motion, batch) if has_motion is None else analyzer.motion(batch)
-                has_motion = motion is not None
-            if not (has_identity or has_motion):
-                raise ValueError(f"backend '{backend}' answers neither identity nor motion")
+            ids = _identity_rows(analyzer, batch, batch_size) if analyzer.has_identity else None
+            motion = analyzer.motion(batch) if analyzer.has_motion else None
             for i in range(len(batch)):
-                row = motion.row(i) if motion is not None else {"found": None, "pose": None, "gaze": None, "expression": None}
+                row = motion.row(i) if motion is not None else no_motion
                 emb = ids[i] if ids is not None else None
                 emb_ok = emb is not None and bool(np.all(np.isfinite(emb)))
                 found = row["found"] if row["found"] is not None else emb_ok
@@ -330,7 +317,7 @@ def _analyze_compare(backend: str, a: Path, b: Path, crop: bool, params_path: Op
     d = float(analyzer.distance(means[0][None], means[1][None])[0])
     lines.append(f"identity distance ({analyzer.distance_name}, backend {analyzer.name}): {d:.4f}")
     if analyzer.threshold is not None:
-        same = "yes" if d < analyzer.threshold else "no"
+        same = "yes" if d <= analyzer.threshold else "no"
         lines.append(f"same person: {same} (threshold {analyzer.threshold})")
     else:
         lines.append(f"same person: undecided (backend {analyzer.name} has no same-person threshold)")

@@ -39,8 +39,8 @@ class FolderSource(_Section):
 
 class DataParams(_Section):
     source: Literal["synthetic", "folder"] = "synthetic"
-    n_identities: int = Field(default=24, ge=2, le=100_000)
-    clips_per_identity: int = Field(default=4, ge=1)
+    n_identities: int = Field(default=64, ge=2, le=100_000)
+    clips_per_identity: int = Field(default=2, ge=1)
     frames_per_clip: int = Field(default=64, ge=2)
     resolution: int = Field(default=160, ge=32, le=2048, multiple_of=2)
     fps: float = Field(default=25.0, gt=0, le=240)
@@ -114,14 +114,14 @@ class AnalysisParams(_Section):
 class AnalyzerParams(_Section):
     """The toy world's face analysis network (pipeline/analysis/toy.py), trained on the prepared frames."""
 
-    width: int = Field(default=32, ge=4, le=512)  # channels of the first conv block (doubling per block)
+    width: int = Field(default=16, ge=4, le=512)  # channels of the first conv block (doubling per block)
     embedding_dim: int = Field(default=128, ge=8, le=2048)
-    iters: int = Field(default=1500, ge=1)
+    iters: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=0.002, gt=0, le=1)
     margin: float = Field(default=0.5, ge=0, lt=1.5)  # ArcFace additive angular margin m (radians)
     scale: float = Field(default=30.0, gt=0, le=128)  # ArcFace logit scale s
-    motion_weight: float = Field(default=1.0, ge=0)  # weight of the pose + gaze + expression regression loss
+    motion_weight: float = Field(default=10.0, ge=0)  # weight of the pose + gaze + expression regression loss
     augment: bool = True  # random shift / scale / blur / colour jitter, so that generator outputs are read too
     eval_pairs: int = Field(default=3000, ge=10)  # same + different pairs for the held-out verification accuracy
 

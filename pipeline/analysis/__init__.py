@@ -132,6 +132,14 @@ class FaceAnalyzer:
     threshold: float | None = None  # same-person decision threshold on distance(), when the backend has one
     input_size: int = 256  # side of the square face crop the backend reads best (`reenact analyze` crops to it)
 
+    @property
+    def has_identity(self) -> bool:
+        return type(self).identity is not FaceAnalyzer.identity
+
+    @property
+    def has_motion(self) -> bool:
+        return type(self).motion is not FaceAnalyzer.motion
+
     def identity(self, images) -> torch.Tensor:
         raise BackendError(f"backend '{self.name}' has no identity network; identity backends: {', '.join(IDENTITY_BACKENDS)}")
 

@@ -54,7 +54,7 @@ class ToyFaceNet(nn.Module):
     def __init__(
         self,
         resolution: int,  # crop side S the network is trained at (>= 16)
-        width: int = 32,  # channels of the first block; doubled per block
+        width: int = 16,  # channels of the first block; doubled per block
         embedding_dim: int = 128,
     ):
         super().__init__()
@@ -95,12 +95,12 @@ class ArcMarginHead(nn.Module):
 
 @dataclass
 class TrainConfig:
-    iters: int = 1500
+    iters: int = 1000
     batch_size: int = 64
     lr: float = 0.002
     margin: float = 0.5
     scale: float = 30.0
-    motion_weight: float = 1.0
+    motion_weight: float = 10.0
     augment: bool = True
     seed: int = 0
 
