@@ -116,7 +116,7 @@ class AnalyzerParams(_Section):
 
     width: int = Field(default=16, ge=4, le=512)  # channels of the first conv block (doubling per block)
     embedding_dim: int = Field(default=128, ge=8, le=2048)
-    iters: int = Field(default=1000, ge=1)
+    iters: int = Field(default=2000, ge=1)
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=0.002, gt=0, le=1)
     margin: float = Field(default=0.5, ge=0, lt=1.5)  # ArcFace additive angular margin m (radians)

@@ -52,6 +52,11 @@ def as_rgb_uint8(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
+def largest_box(boxes: np.ndarray) -> np.ndarray:
+    """The box of largest area among boxes [K, 4] (x0, y0, x1, y1), K >= 1."""
+    return boxes[int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))]
+
+
 class DlibDetector:
     """dlib's HOG frontal face detector, run on the frame downscaled to <= `max_side` px (as FOMM does).
 

@@ -33,7 +33,7 @@ def _face_video(folder, name, n=12, hw=(64, 80), box_at=lambda t: (20 + t, 16, 4
     write_video(video, frames, fps=25)
     truth = folder / f"{name}.npz"
     np.savez(truth, bbox=np.asarray(boxes, np.float32), landmarks=np.asarray(lms, np.float32),
-             expression=np.zeros((n, 7), np.float32), pose=np.zeros((n, 3), np.float32),
+             expression=np.zeros((n, 7), np.float32), pose=np.stack([np.arange(n), -np.arange(n), np.zeros(n)], 1).astype(np.float32),
              gaze=np.zeros((n, 2), np.float32), identity_vector=np.zeros(4, np.float32))
     return video.name, truth.name
 
@@ -217,3 +217,20 @@ def test_cross_renders_are_kept_only_inside_the_test_split(world, tmp_path):
     cross = manifest[manifest["kind"] == "cross"]
     assert list(cross["clip"]) == ["cross_in"] and list(cross["split"]) == ["test"]
     assert {o.clip: o.status for o in outcomes}["cross_out"] == "skipped"
+
+
+def test_load_split_returns_the_truth_of_the_stored_frames(world, tmp_path):
+    from pipeline.dataset import load_split
+
+    raw, rows = world
+    prepare(_index(raw, rows), tmp_path / "prepared", PARAMS, seed=0, test_fraction=TEST_FRACTION,
+            landmarks_model=None, progress=False)
+    for split in ("train", "test"):
+        data = load_split(tmp_path / "prepared", split, with_truth=True)
+        stored = np.concatenate([np.load(clips_dir(tmp_path / "prepared") / c / "frame_index.npy")
+                                 for c in dict.fromkeys(data.clip_ids)])
+        assert {k: v.shape for k, v in data.truth.items()} == {"expression": (len(data), 7), "pose": (len(data), 3),
+                                                               "gaze": (len(data), 2)}
+        assert np.array_equal(data.truth["pose"][:, 0], stored)  # the pose's yaw was the frame number
+        assert load_split(tmp_path / "prepared", split).truth is None
+

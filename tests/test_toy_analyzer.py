@@ -162,14 +162,52 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
         ToyAnalyzer.load(foreign)
 
 
-# Measured on the embedded default (metrics/analyzer.json, written by `dvc repro`): see the README's analyzer
-# section. The gates sit well clear of chance (verification 0.5; pose MAE of predicting the training mean)
-# and below the measured values, so a regression in the network or its training fails here.
+def test_training_learns_identity_and_pose_on_a_small_world():
+    """A few hundred steps on 6 rendered identities: identities separate and pose fits far below the mean guess."""
+    from pipeline.analysis.toy import TrainConfig, train
+    from pipeline.synth import render_clip
+    from pipeline.synth.face import sample_identity
+    from pipeline.synth.motion import sample_motion
+
+    rng = np.random.default_rng(0)
+    frames, who, truth = [], [], {"pose": [], "gaze": [], "expression": []}
+    for i in range(6):
+        motion = sample_motion(rng, 40, 25.0)
+        motion.scale[:] = 0.8  # fill the frame, as a prepared crop does
+        motion.center[:] = 0.5
+        f, t = render_clip(sample_identity(rng, f"id{i:04d}"), motion, 32)
+        frames.append(f)
+        who += [f"id{i:04d}"] * len(f)
+        for k in truth:
+            truth[k].append(t[k])
+    frames, who = np.concatenate(frames), np.asarray(who)
+    truth = {k: np.concatenate(v) for k, v in truth.items()}
+    torch.manual_seed(0)
+    net = ToyFaceNet(32, width=8, embedding_dim=16)
+    facts, history = train(frames, who, truth, net, TrainConfig(iters=300, batch_size=32, lr=0.003), progress=False)
+    toy = ToyAnalyzer(net, facts["target_mean"], facts["target_std"])
+    with torch.no_grad():
+        emb = toy.identity(frames)
+    centres = torch.stack([emb[torch.from_numpy(who == w)].mean(0) for w in np.unique(who)])
+    nearest = (emb @ torch.nn.functional.normalize(centres, dim=1).T).argmax(1).numpy()
+    assert (nearest == np.unique(who, return_inverse=True)[1]).mean() > 0.95
+    pose_mae = np.abs(toy.motion(frames).pose - truth["pose"]).mean()
+    assert pose_mae < 0.5 * np.abs(truth["pose"] - truth["pose"].mean(0)).mean(), pose_mae
+    assert history[-1]["loss_motion"] < 0.5 * history[0]["loss_motion"]
+
+
+# Measured on the embedded default (metrics/analyzer.json, written by `dvc repro`, 2000 steps, seed 0): held-out
+# verification accuracy 0.966 (AUC 0.995), pose MAE 3.7 deg against 9.6 deg for predicting the training mean,
+# gaze 4.1 against 5.9 deg, expression correlation 0.62 (blinks 0.97, mouth_open 0.85). The gates sit between
+# chance (accuracy 0.5, the mean-prediction baseline) and those values, with room for seed-to-seed variation,
+# so a broken network or training fails here while a re-run with another seed does not.
 def test_committed_default_meets_its_quality_gates():
     metrics = json.loads((REPO / "metrics" / "analyzer.json").read_text())
     held = metrics["heldout"]
     assert metrics["backend"] == "toy" and len(next(iter(metrics["weights"].values()))) == 64
-    assert held["verification"]["accuracy"] >= 0.85
-    assert held["verification"]["roc_auc"] >= 0.9
+    assert held["identities"] >= 10  # enough unseen faces for the numbers to mean something
+    assert held["verification"]["accuracy"] >= 0.9 and held["verification"]["roc_auc"] >= 0.97
     assert held["pose_mae_deg"]["mean"] <= 0.6 * held["baseline_train_mean"]["pose_mae_deg"]
+    assert held["gaze_mae_deg"]["mean"] <= 0.9 * held["baseline_train_mean"]["gaze_mae_deg"]
     assert held["expression_correlation"]["mean"] >= 0.5
+    assert min(held["expression_correlation"][k] for k in ("mouth_open", "blink_left", "blink_right")) >= 0.75

@@ -58,7 +58,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.analysis import FaceAnalyzer, MotionFeatures, as_frames
-from pipeline.faces import LANDMARKS_68, DlibDetector, DlibLandmarks, as_rgb_uint8, dlib_model_path, dlib_rectangle
+from pipeline.faces import (LANDMARKS_68, DlibDetector, DlibLandmarks, as_rgb_uint8, dlib_model_path, dlib_rectangle,
+                           largest_box)
 
 POSE_NAMES = ("yaw", "pitch", "roll")
 GAZE_NAMES = ("gaze_x", "gaze_y")
@@ -283,8 +284,7 @@ def analyze_frames(frames, detector: DlibDetector | None = None, landmarks: Dlib
         if len(boxes) == 0:
             out.append(None)
             continue
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        box = boxes[int(np.argmax(areas))]
+        box = largest_box(boxes)
         pts = landmarks(frame, box)
         out.append(
             {
@@ -318,10 +318,6 @@ def _load_dlib_model(kind: str, path: Path, size: int, mtime_ns: int):
 def _crop_detector(upsample: int) -> DlibDetector:
     # stateless between calls, ~0.4 s to build: shared by all analyzers
     return DlibDetector(max_side=4096, upsample=upsample)  # crops are small: never downscale them
-
-
-def _largest(boxes: np.ndarray) -> np.ndarray:
-    return boxes[int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))]
 
 
 class DlibAnalyzer(FaceAnalyzer):
@@ -430,7 +426,7 @@ class DlibAnalyzer(FaceAnalyzer):
             boxes = _crop_detector(upsample)(image)
         if len(boxes) == 0:
             return None
-        shape = self._predictor(image, dlib_rectangle(_largest(boxes)))
+        shape = self._predictor(image, dlib_rectangle(largest_box(boxes)))
         pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64) - offset
         return image, shape, pts
 

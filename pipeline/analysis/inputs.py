@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.crop import CHUNK, DEFAULT_MAX_GAP, VIDEO_EXTENSIONS, crop_and_resize, find_tracks, square_crop_box
+from pipeline.faces import largest_box
 from pipeline.video import VideoError, iter_frames
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff")
@@ -61,10 +62,6 @@ def _default_detector():
 def _default_detect(frame: np.ndarray) -> np.ndarray:
     # built on first use (~0.4 s): a missing or corrupt input fails at once
     return _default_detector()(frame)
-
-
-def _largest(boxes: np.ndarray) -> np.ndarray:
-    return boxes[int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))]
 
 
 def _no_face(path: Path, what: str) -> AnalyzeInputError:
@@ -136,7 +133,7 @@ def _image(path: Path, image: np.ndarray, size: int, detector, crop: bool, incre
         boxes = np.asarray(detector(image), dtype=np.float64).reshape(-1, 4)
         if len(boxes) == 0:
             raise _no_face(path, "in the image")
-        box = [int(v) for v in square_crop_box(_largest(boxes), (h, w), increase)]
+        box = [int(v) for v in square_crop_box(largest_box(boxes), (h, w), increase)]
     else:
         box = _centre_square(h, w)
     return FaceInput(path, "image", crop_and_resize(image[None], box, size), np.zeros(1, dtype=np.int64), box,

@@ -95,7 +95,7 @@ class ArcMarginHead(nn.Module):
 
 @dataclass
 class TrainConfig:
-    iters: int = 1000
+    iters: int = 2000
     batch_size: int = 64
     lr: float = 0.002
     margin: float = 0.5
