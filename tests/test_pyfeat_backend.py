@@ -236,7 +236,8 @@ def _write_standin_weights(feat, folder) -> dict:
         p.parent.mkdir(parents=True, exist_ok=True)
     half = lambda sd: {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}  # noqa: E731
     torch.manual_seed(0)
-    save_file(half(Retinaface(device="cpu", pretrained=None).net.state_dict()), paths["pyfeat_retinaface"])
+    with torch.no_grad():  # RetinaFace's constructor turns autograd off process-wide; the context restores it
+        save_file(half(Retinaface(device="cpu", pretrained=None).net.state_dict()), paths["pyfeat_retinaface"])
 
     # landmarks: a neutral face layout (py-feat's own resource) whatever the input, via the output BatchNorm's bias
     xy = np.loadtxt(os.path.join(feat.__path__[0], "resources", "neutral_face_coordinates.csv"), delimiter=",", skiprows=1)
@@ -294,6 +295,7 @@ def test_pyfeat_detector_runs_on_declared_files_only(standin_analyzer):
     analyzer, paths = standin_analyzer
     analyzer._detector = None  # rebuild here: the build verifies every declared file was served
     detector = analyzer.detector()
+    assert torch.is_grad_enabled()  # py-feat's RetinaFace turns autograd off process-wide: the build restores it
     assert detector.info["gaze_model"] == "l2cs" and detector.info["au_model"] == "xgb"
     assert detector.emotion_detector is None and detector.identity_detector is None
     weights = analyzer.weights()
@@ -324,6 +326,7 @@ def test_pyfeat_pipeline_end_to_end_on_standin_weights(standin_analyzer, monkeyp
         np.testing.assert_allclose(m.gaze[i], [-GAZE_YAW_DEG, -GAZE_PITCH_DEG], atol=1e-3)
         assert np.all((m.expression[i] >= 0) & (m.expression[i] <= 1))
     assert np.isnan(m.pose[1]).all() and np.isnan(m.gaze[1]).all() and np.isnan(m.expression[1]).all()
+    assert torch.is_grad_enabled()  # analysing frames leaves the caller's autograd as it was
     assert "feat" in sys.modules and os.environ["HF_HUB_OFFLINE"] == "1"
 
 

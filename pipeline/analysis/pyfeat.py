@@ -319,7 +319,9 @@ class PyFeatAnalyzer(FaceAnalyzer):
             raise BackendError(f"the installed py-feat names its outputs {actual}, this backend expects {expected}")
 
         served: set = set()
-        with _local_hub(self._hub_files(), served), warnings.catch_warnings():
+        # torch.no_grad() as a context restores the caller's grad mode on exit: py-feat's RetinaFace constructor
+        # calls torch.set_grad_enabled(False) for the whole process, which would silently stop training elsewhere
+        with _local_hub(self._hub_files(), served), warnings.catch_warnings(), torch.no_grad():
             # its "retinaface does not regress pose, pose comes from the landmark MLP" notice: known, handled below
             warnings.filterwarnings("ignore", message="face_model='retinaface'", category=UserWarning)
             detector = Detectorv1(
@@ -347,7 +349,7 @@ class PyFeatAnalyzer(FaceAnalyzer):
         detector = self.detector()
         # py-feat's tensor input: uint8 RGB [N, 3, H, W] in 0..255 (a numpy array would be taken as BGR)
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
-        with _local_hub(self._hub_files()):
+        with _local_hub(self._hub_files()), torch.no_grad():  # no_grad: restores the caller's grad mode
             fex = detector.detect(x, data_type="tensor", batch_size=self.batch_size,
                                   face_detection_threshold=self.face_threshold, progress_bar=False)
         return motion_from_fex(fex, n)
