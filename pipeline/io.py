@@ -80,6 +80,16 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
             np.savez(f, **arrays)
 
 
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save, atomically and byte-reproducibly: saved to an open file, the zip archive's inner folder is
+    torch's fixed "archive" rather than the (random) temporary file's name, so equal objects give equal files."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

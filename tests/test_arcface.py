@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.analysis import FaceAnalyzer, identity_loss
 from pipeline.models.arcface import (
     CROP_COLS,
     CROP_ROWS,
     IdentityEncoder,
     IRSE50,
     crop_face,
-    id_loss,
     load_irse50,
 )
 
@@ -156,10 +156,12 @@ def test_state_dict_without_num_batches_tracked_loads(net, tmp_path):
     torch.testing.assert_close(loaded.state_dict()["output_layer.3.weight"], net.state_dict()["output_layer.3.weight"])
 
 
-class _UnitEncoder:
-    """A stand-in with IdentityEncoder's `embed`: the flattened image, L2-normalised (exact, instant)."""
+class _Unit(FaceAnalyzer):
+    """A differentiable cosine backend whose embedding is the flattened image, L2-normalised (exact, instant)."""
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    name, differentiable, distance_name = "unit", True, "cosine"
+
+    def identity(self, images: torch.Tensor) -> torch.Tensor:
         flat = images.flatten(1)
         return flat / flat.norm(dim=1, keepdim=True)
 
@@ -168,26 +170,41 @@ def test_id_loss_is_psp_definition():
     gen = torch.Generator().manual_seed(8)
     y_hat = torch.randn(3, 2, 4, 4, generator=gen, requires_grad=True)
     y = torch.randn(3, 2, 4, 4, generator=gen, requires_grad=True)
-    loss = id_loss(_UnitEncoder(), y_hat, y)
+    loss = identity_loss(_Unit(), y_hat, y)
     a, b = y_hat.detach().flatten(1), y.detach().flatten(1)
     expected = (1 - torch.nn.functional.cosine_similarity(a, b, dim=1)).mean()
     assert loss.shape == ()
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
     loss.backward()
     assert y_hat.grad.abs().sum() > 0 and y.grad is None  # pSp detaches the target embedding
-    assert id_loss(_UnitEncoder(), y, 2 * y).abs().item() < 1e-6  # same direction: zero
+    assert identity_loss(_Unit(), y, 2 * y).abs().item() < 1e-6  # same direction: zero
 
 
 def test_id_loss_zero_for_same_positive_for_different_and_differentiable(encoder):
+    from pipeline.analysis.arcface import ArcFaceAnalyzer
+
+    arcface = ArcFaceAnalyzer(encoder, weights={})
     y = _images(1, seed=6)
     with torch.no_grad():
-        assert abs(id_loss(encoder, y, y.clone()).item()) < 1e-5
+        assert abs(identity_loss(arcface, y, y.clone()).item()) < 1e-5
     y_hat = _images(1, seed=7).requires_grad_(True)
-    loss = id_loss(encoder, y_hat, y)
+    loss = identity_loss(arcface, y_hat, y)
     assert loss.item() > 1e-4
     loss.backward()
     assert y_hat.grad is not None and torch.isfinite(y_hat.grad).all() and y_hat.grad.abs().sum() > 0
     assert all(p.grad is None for p in encoder.parameters())  # frozen
+
+
+def test_id_loss_refuses_a_backend_that_cannot_serve_it():
+    from pipeline.analysis import BackendError
+
+    class Descriptor(_Unit):
+        name, differentiable, distance_name = "descriptor", False, "euclidean"
+
+    with pytest.raises(BackendError, match="cannot serve the ID loss.*toy, arcface"):
+        identity_loss(Descriptor(), torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        identity_loss(_Unit(), torch.ones(2, 3, 4, 4), torch.ones(1, 3, 4, 4))
 
 
 def test_missing_file_error(tmp_path):

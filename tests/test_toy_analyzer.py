@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from pipeline.analysis import BackendError, MotionFeatures, backend_tags
+from pipeline.analysis import BackendError, MotionFeatures, backend_tags, identity_loss
 from pipeline.analysis.toy import (N_TARGETS, ArcMarginHead, ToyAnalyzer, ToyFaceNet, augment, mirror_targets,
                                    save_checkpoint, targets_of)
 from pipeline.synth.face import EXPRESSION_NAMES, GAZE_NAMES, POSE_NAMES
@@ -147,6 +147,10 @@ def test_identity_is_differentiable_and_resizes(tmp_path):
     (1 - emb[0] @ emb[1]).backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
     assert all(not p.requires_grad for p in toy.net.parameters())  # frozen
+    y_hat = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    loss = identity_loss(toy, y_hat, torch.rand(2, 3, 32, 32) * 2 - 1)  # the toy world's ID loss (Eq. 8-9)
+    loss.backward()
+    assert loss.shape == () and 0 <= loss.item() <= 2 and y_hat.grad.abs().sum() > 0
 
 
 def test_checkpoint_errors_name_the_fix(tmp_path):

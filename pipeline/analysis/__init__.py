@@ -160,6 +160,17 @@ class FaceAnalyzer:
         return {"backend": self.name, "weights": self.weights()}
 
 
+def identity_loss(analyzer: FaceAnalyzer, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The ID loss of Eq. 8-9 as pSp computes it: batch mean of 1 - cos(emb(y_hat), emb(y)), the target's
+    embedding detached (gradients reach y_hat only). Needs a differentiable backend with cosine distance."""
+    if not analyzer.differentiable or analyzer.distance_name != "cosine":
+        raise BackendError(f"backend '{analyzer.name}' cannot serve the ID loss (it needs a differentiable network "
+                           f"with cosine distance): use one of {', '.join(DIFFERENTIABLE_BACKENDS)}")
+    if y_hat.shape[0] != y.shape[0]:
+        raise ValueError(f"batch sizes differ: y_hat {y_hat.shape[0]}, y {y.shape[0]}")
+    return analyzer.distance(analyzer.identity(y_hat), analyzer.identity(y).detach()).mean()
+
+
 def backend_tags(use: str, described: dict[str, Any]) -> dict[str, str]:
     """MLflow tags naming the backend that served `use` (e.g. identity_metric) and its weights' sha256, from
     `FaceAnalyzer.describe()`: {'backend.<use>': name, 'backend.<use>.weights': 'file=sha256; ...'}."""

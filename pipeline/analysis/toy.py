@@ -60,7 +60,7 @@ class ToyFaceNet(nn.Module):
         super().__init__()
         if resolution < 16:
             raise ValueError(f"ToyFaceNet needs crops of at least 16 px, got {resolution}")
-        self.resolution = resolution
+        self.resolution, self.width, self.embedding_dim = resolution, width, embedding_dim
         widths = [width, 2 * width, 4 * width, 8 * width]
         self.features = nn.Sequential(*(_block(c_in, c_out) for c_in, c_out in zip([3, *widths[:-1]], widths)))
         self.pool = nn.AdaptiveAvgPool2d(4)  # any crop size -> a 4x4 map
@@ -171,7 +171,7 @@ def train(
     y_id = torch.from_numpy(labels.astype(np.int64))
     y_raw = torch.from_numpy(targets)
     t_mean, t_std = torch.from_numpy(mean), torch.from_numpy(std)
-    head = ArcMarginHead(net.embedding[2].out_features, len(classes), cfg.margin, cfg.scale)
+    head = ArcMarginHead(net.embedding_dim, len(classes), cfg.margin, cfg.scale)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     params = list(net.parameters()) + list(head.parameters())
@@ -279,15 +279,13 @@ class ToyAnalyzer(FaceAnalyzer):
 
 def save_checkpoint(path: Path, net: ToyFaceNet, facts: dict[str, Any], threshold: float | None, extra: dict[str, Any]) -> None:
     """models/analyzer.pt, written atomically: weights, architecture, label normalisation, decision threshold."""
-    from pipeline.io import atomic_path
+    from pipeline.io import save_torch
 
     ckpt = {
         "format": FORMAT, "version": VERSION,
-        "architecture": {"resolution": net.resolution, "width": net.features[0][0].out_channels,
-                         "embedding_dim": net.embedding[2].out_features},
+        "architecture": {"resolution": net.resolution, "width": net.width, "embedding_dim": net.embedding_dim},
         "state_dict": net.state_dict(),
         "threshold": threshold,
         **facts, **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    save_torch(path, ckpt)

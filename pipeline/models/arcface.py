@@ -20,8 +20,9 @@ The forward returns L2-normalised 512-D embeddings (pSp's `l2_norm`).
 Identity embedding and loss
 ---------------------------
 `IdentityEncoder` does what pSp's `IDLoss.extract_feats` does to a 256x256 image in [-1, 1]: crop rows
-35..222 and cols 32..219 (`x[:, :, 35:223, 32:220]`), AdaptiveAvgPool2d to 112x112, IR-SE50. `id_loss` is
-pSp's: the batch mean of 1 - <emb(y_hat), emb(y)>, with the target's embedding detached as in pSp.
+35..222 and cols 32..219 (`x[:, :, 35:223, 32:220]`), AdaptiveAvgPool2d to 112x112, IR-SE50. The ID loss
+itself (pSp's batch mean of 1 - <emb(y_hat), emb(y)>, target detached) is `pipeline.analysis.identity_loss`,
+shared by every differentiable backend (pipeline/analysis/arcface.py wraps this network).
 """
 from __future__ import annotations
 
@@ -213,19 +214,6 @@ class IdentityEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.embed(images)
-
-
-def id_loss(encoder: IdentityEncoder, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """pSp's ID loss: mean over the batch of 1 - cos(emb(y_hat), emb(y)) (a scalar tensor).
-
-    The embeddings are unit norm, so cos is their dot product. As in pSp the target's embedding is detached:
-    gradients flow to `y_hat` only.
-    """
-    if y_hat.shape[0] != y.shape[0]:
-        raise ValueError(f"batch sizes differ: y_hat {y_hat.shape[0]}, y {y.shape[0]}")
-    e_hat = encoder.embed(y_hat)
-    e = encoder.embed(y).detach()
-    return (1.0 - (e_hat * e).sum(dim=1)).mean()
 
 
 def load_irse50(path: str | Path) -> IRSE50:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.io import atomic_path
+from pipeline.io import save_torch
 from pipeline.models.state import few as _few
 from pipeline.models.state import state_dict_problems
 from pipeline.models.stylegan2 import (
@@ -373,8 +373,7 @@ def save_native(G: Generator, path: str | os.PathLike, extra: dict | None = None
         "latent_avg": G.latent_avg.detach().cpu().clone(),
         "extra": extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_torch(path, obj)
 
 
 def _check_plain(obj: Any, where: str) -> None:
