@@ -122,7 +122,7 @@ class AnalyzerParams(_Section):
     margin: float = Field(default=0.5, ge=0, lt=1.5)  # ArcFace additive angular margin m (radians)
     scale: float = Field(default=30.0, gt=0, le=128)  # ArcFace logit scale s
     motion_weight: float = Field(default=10.0, ge=0)  # weight of the pose + gaze + expression regression loss
-    augment: bool = True  # random shift / scale / blur / colour jitter, so that generator outputs are read too
+    augment: bool = True  # mirror (labels mirrored), shift, blur, brightness / contrast, noise (toy.augment)
     eval_pairs: int = Field(default=3000, ge=10)  # same + different pairs for the held-out verification accuracy
 
 
