@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -67,14 +67,6 @@ class MotionFeatures:
     def __len__(self) -> int:
         return len(self.pose)
 
-    def channels(self) -> dict[str, np.ndarray]:
-        """Every channel by name: {'yaw': [N], ..., 'gaze_yaw': [N], ..., 'mouth_open': [N], ...}."""
-        out: dict[str, np.ndarray] = {}
-        for group in ("pose", "gaze", "expression"):
-            values, names = getattr(self, group), getattr(self, f"{group}_names")
-            out.update({name: values[:, i] for i, name in enumerate(names)})
-        return out
-
     def row(self, i: int) -> dict[str, Any]:
         """Frame i as JSON-ready nested dicts of plain floats (None for NaN)."""
         def named(values, names):
@@ -86,17 +78,6 @@ class MotionFeatures:
             "gaze": named(self.gaze, self.gaze_names),
             "expression": named(self.expression, self.expression_names),
         }
-
-    @classmethod
-    def concatenate(cls, parts: Sequence["MotionFeatures"]) -> "MotionFeatures":
-        if not parts:
-            raise ValueError("nothing to concatenate")
-        first = parts[0]
-        return cls(
-            np.concatenate([p.pose for p in parts]), np.concatenate([p.gaze for p in parts]),
-            np.concatenate([p.expression for p in parts]), first.pose_names, first.gaze_names,
-            first.expression_names, np.concatenate([p.found for p in parts]),
-        )
 
 
 def as_images(images) -> torch.Tensor:
