@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.config import Asset
 from pipeline.paths import REPO_ROOT
 
 
-class AssetError(FileNotFoundError):
+class AssetError(UserError, FileNotFoundError):
     """A required pre-trained file is missing or is not the expected file; the message says how to get it."""
 
 

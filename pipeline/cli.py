@@ -1,4 +1,5 @@
-"""`reenact`: one subcommand per DVC stage, plus tools (assets, crop, params)."""
+"""`reenact`: one subcommand per DVC stage (run through pipeline.stage, which finds stages/<name>.py by name),
+plus tools (assets, crop, analyze, params)."""
 from __future__ import annotations
 
 import os
@@ -20,58 +21,42 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from pipeline.assets import AssetError
-    from pipeline.config import ParamsError
-    from pipeline.data import DataError
-    from pipeline.prepare import PrepareError
-    from pipeline.video import VideoError
-
-    return ParamsError, AssetError, DataError, PrepareError, VideoError, FileNotFoundError, ValueError
-
-
 def _run(fn, *args, **kwargs):
     """Run a command; a user-facing error prints its message (no traceback) and exits with status 2."""
+    from pipeline.stage import user_errors
+
     try:
         return fn(*args, **kwargs)
-    except _user_errors() as e:
+    except user_errors() as e:
         console.print(f"error: {e}", style="red", highlight=False, markup=False)
         raise typer.Exit(2) from None
 
 
-def stage_main(fn) -> None:
-    """What `python -m stages.<name>` (the DVC command) runs: user errors print one message and exit 2."""
-    try:
-        _run(fn)
-    except typer.Exit as e:
-        raise SystemExit(e.exit_code) from None
+DRY_RUN = typer.Option(False, "--dry-run", help="Validate params and print the resolved sections; run nothing.")
 
 
-DRY_RUN = typer.Option(False, "--dry-run", help="Validate params and print the resolved section; run nothing.")
+def _stage(name: str, dry_run: bool) -> None:
+    from pipeline.stage import load_stage
+
+    _run(load_stage(name).execute, dry_run=dry_run)
 
 
 @app.command()
 def data(dry_run: bool = DRY_RUN) -> None:
     """Stage `data`: render the synthetic talking-head world, or index your videos (data.source: folder)."""
-    from stages import data as stage
-
-    _run(stage.main, dry_run=dry_run)
+    _stage("data", dry_run)
 
 
 @app.command()
 def prepare(dry_run: bool = DRY_RUN) -> None:
     """Stage `prepare`: FOMM-style face crops, landmarks, Eq. 13 masks, identity-disjoint split, sampling."""
-    from stages import prepare as stage
-
-    _run(stage.main, dry_run=dry_run)
+    _stage("prepare", dry_run)
 
 
 @app.command()
 def analyzer(dry_run: bool = DRY_RUN) -> None:
     """Stage `analyzer`: train the toy world's face analysis network (identity, pose, gaze, expression) and score it."""
-    from stages import analyzer as stage
-
-    _run(stage.main, dry_run=dry_run)
+    _stage("analyzer", dry_run)
 
 
 generator_app = typer.Typer(help="Stage `generator` (no subcommand) and StyleGAN2 tools.", invoke_without_command=True)
@@ -82,9 +67,7 @@ app.add_typer(generator_app, name="generator")
 def generator(ctx: typer.Context, dry_run: bool = DRY_RUN) -> None:
     """Stage `generator`: convert a rosinality / NVIDIA StyleGAN2 checkpoint, or train the toy world's small one."""
     if ctx.invoked_subcommand is None:
-        from stages import generator as stage
-
-        _run(stage.main, dry_run=dry_run)
+        _stage("generator", dry_run)
 
 
 FORMAT = typer.Option(..., "--format", help="checkpoint format: rosinality | nvidia | native")
@@ -189,27 +172,34 @@ def assets(path: Optional[Path] = typer.Option(None, help="params file (default:
 def crop(
     input: Path = typer.Argument(..., help="a video, or a folder of videos (mp4, mov, avi, mkv, webm)"),
     out: Path = typer.Option(..., "--out", help="output folder: <video-stem>_<track>.mp4 per face track + crops.json"),
-    size: int = typer.Option(256, help="crop side in pixels (even)"),
-    min_frames: int = typer.Option(25, help="keep face tracks with more frames than this (FOMM: 150)"),
-    increase: float = typer.Option(0.1, help="enlarge the track's union box by this fraction per side"),
-    iou_with_initial: float = typer.Option(0.25, help="IoU with a track's first box that continues the track"),
-    max_gap: int = typer.Option(5, help="frames a track survives without a detection (0: FOMM exactly)"),
-    upsample: int = typer.Option(1, help="dlib HOG upsampling: 1 finds small faces, 0 is 4x faster"),
+    size: Optional[int] = typer.Option(None, help="crop side in pixels, even (default: prepare.size; 256 for real data)"),
+    min_frames: Optional[int] = typer.Option(None, help="keep tracks with end - start > this, FOMM's rule (default: prepare.min_frames; FOMM: 150)"),
+    increase: Optional[float] = typer.Option(None, help="enlarge the track's union box by this fraction per side (default: prepare.increase)"),
+    iou_with_initial: Optional[float] = typer.Option(None, help="IoU with a track's first box that continues the track (default: prepare.iou_with_initial)"),
+    max_gap: Optional[int] = typer.Option(None, help="frames a track survives without a detection, 0: FOMM exactly (default: prepare.max_gap)"),
+    upsample: Optional[int] = typer.Option(None, help="dlib HOG upsampling: 1 finds small faces, 0 is 4x faster (default: prepare.upsample)"),
+    params_path: Optional[Path] = typer.Option(None, "--params", help="params file whose `prepare` section gives the defaults (default: the workspace's params.yaml)"),
 ) -> None:
     """FOMM-style cropping of any videos: detect (dlib HOG), track by IoU, one square crop per face track."""
+    from pipeline.config import load_params
     from pipeline.crop import crop_command_inputs, crop_videos
     from pipeline.faces import DlibDetector
 
+    given = {"size": size, "min_frames": min_frames, "increase": increase, "iou_with_initial": iou_with_initial,
+             "max_gap": max_gap, "upsample": upsample}
+    section = _run(load_params, params_path).prepare
+    settings = _run(type(section).model_validate, {**section.model_dump(), **{k: v for k, v in given.items() if v is not None}})
     inputs = _run(crop_command_inputs, input)
-    result = _run(crop_videos, inputs, out, size=size, min_frames=min_frames, increase=increase,
-                  iou_with_initial=iou_with_initial, max_gap=max_gap, detector=DlibDetector(upsample=upsample))
+    result = _run(crop_videos, inputs, out, size=settings.size, min_frames=settings.min_frames,
+                  increase=settings.increase, iou_with_initial=settings.iou_with_initial, max_gap=settings.max_gap,
+                  detector=DlibDetector(upsample=settings.upsample))
     for entry in result.values():
         if entry["tracks"]:
             typer.echo(f"{entry['video']}: {len(entry['tracks'])} track(s)")
         else:
             typer.echo(f"{entry['video']}: none ({entry['reason']})")
     kept = sum(len(entry["tracks"]) for entry in result.values())
-    typer.echo(f"{kept} track(s) cropped from {len(inputs)} video(s); see {out / 'crops.json'}")
+    typer.echo(f"{kept} track(s) cropped from {len(inputs)} video(s) at {settings.size} px; see {out / 'crops.json'}")
 
 
 @app.command()

@@ -13,10 +13,11 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.errors import UserError
 from pipeline.paths import workspace
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml is invalid; the message names the key, the problem and the allowed values."""
 
 
@@ -31,10 +32,13 @@ class Asset(_Section):
     used_by: list[str] = []  # stages that need it
 
 
+VIDEO_EXTENSIONS = ("mp4", "mov", "avi", "mkv", "webm")  # what counts as a video wherever a folder is listed
+
+
 class FolderSource(_Section):
     root: Optional[Path] = None  # <root>/<identity>/<clip>.<ext>
     manifest: Optional[Path] = None  # CSV: path,identity[,start,end]
-    extensions: list[str] = ["mp4", "mov", "avi", "mkv", "webm"]
+    extensions: list[str] = list(VIDEO_EXTENSIONS)
 
 
 class DataParams(_Section):
@@ -60,10 +64,13 @@ class PrepareParams(_Section):
     size: int = Field(default=64, ge=16, le=1024, multiple_of=2)
     detector: Literal["auto", "dlib", "ground_truth"] = "auto"
     upsample: int = Field(default=1, ge=0, le=3)
-    min_frames: int = Field(default=25, ge=1)
+    # FOMM kept tracks with end - start > 150 frames because it cut long VoxCeleb videos into clips; ours are
+    # short clips (the real examples run 78-448 frames): > 25 (1 s at 25 fps) still drops passing faces and HOG
+    # false positives, which last a few frames
+    min_frames: int = Field(default=25, ge=0)
     increase: float = Field(default=0.1, ge=0.0, le=2.0)
     iou_with_initial: float = Field(default=0.25, ge=0.0, lt=1.0)
-    max_gap: int = Field(default=5, ge=0)
+    max_gap: int = Field(default=5, ge=0)  # 0.2 s at 25 fps: bridges HOG misses on blinks and turns, not a new person
     mask_dilation: float = Field(default=0.04, ge=0.0, le=0.5)
     train_frames: int = Field(default=50, ge=1)
     eval_frames: int = Field(default=500, ge=1)
@@ -87,10 +94,12 @@ class GeneratorParams(_Section):
     offset_weight: float = Field(default=1.0, ge=0)
     # mapping network fitted to the encoder's codes
     mapping_iters: int = Field(default=300, ge=0)
+    mapping_batch_size: int = Field(default=256, ge=2)
     mapping_lr: float = Field(default=0.02, gt=0, le=1)
     # quality gate on held-out identities, and the sample grid
     eval_frames: int = Field(default=64, ge=1)
     refine_steps: int = Field(default=30, ge=0)
+    refine_lr: float = Field(default=0.05, gt=0, le=10)
     truncation: float = Field(default=0.7, ge=0, le=1)
 
 

@@ -10,7 +10,8 @@ The algorithm (FOMM's, unchanged unless noted):
    overlaps its first box at all (HOG misses frames on real footage); gap frames inside the track belong
    to it. A detection that overlaps the first box but only by 0 < IoU <= threshold still ends the track
    (the face moved away; bridging would crop frames whose face lies outside the box). max_gap=0 is FOMM.
-3. A track's box is the UNION of all its detections; tracks with MORE than `min_frames` frames are kept.
+3. A track's box is the UNION of all its detections; a track is kept when its last and first frame are more
+   than `min_frames` apart (FOMM's `end - start > min_frames`, i.e. at least min_frames + 2 frames).
 4. The union box is enlarged by `increase` toward a square (FOMM's formula, which yields a square of
    side (1 + 2 * increase) * max(w, h)). FOMM then clipped it to the frame, distorting the aspect ratio;
    ours keeps it exactly square, shifts it inside the frame when it fits, and edge-pads only when it is
@@ -20,31 +21,35 @@ The algorithm (FOMM's, unchanged unless noted):
    166-382 px crops on 2 cores, 3x faster than PIL per frame). FOMM only
    printed ffmpeg commands; ours writes the clips.
 
+Detector: FOMM used S3FD (face_alignment); ours is dlib's HOG (pipeline.faces), which is installable offline.
+HOG boxes are tighter than S3FD's (they cover brows to chin, not forehead to chin), so with the same `increase`
+our crops sit a little closer to the face than FOMM's; the enlargement rule itself is FOMM's.
+
+The one per-video path: `detect_tracks` (pass 1: decode, detect, track; frame rate and colour from
+pipeline.video) then `track_crops` (pass 2: decode again, yield the crops the caller planned), both streaming,
+used by `prepare`, `reenact crop` and `reenact analyze`. Defaults of every setting: params.yaml's `prepare`
+section (pipeline.config.PrepareParams).
+
 Conventions: boxes are x0, y0, x1, y1 in continuous pixel coordinates (x1, y1 exclusive; width = x1 - x0);
 IoU uses continuous areas (FOMM's +1 pixel convention is not reproduced, it moves IoU by < 2 % on faces
 of >= 40 px). Points (landmarks) are pixel indices (pixel centres at integers), like dlib's.
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pipeline.config import VIDEO_EXTENSIONS, PrepareParams
 from pipeline.io import write_json
-from pipeline.video import VideoError, iter_frames, write_video
+from pipeline.video import VideoError, frame_rate, has_colour, iter_frames, write_video
 
-VIDEO_EXTENSIONS = ("mp4", "mov", "avi", "mkv", "webm")
-
-# FOMM kept tracks longer than 150 frames (6 s at 25 fps) because it cut long VoxCeleb videos into
-# training clips. Our inputs are short clips (the talking-head examples are 78-448 frames), so we keep
-# tracks of more than 1 s at 25 fps: that still drops passing faces and HOG false positives, which
-# last a few frames, while keeping every real talking-head clip.
-DEFAULT_MIN_FRAMES = 25
-DEFAULT_MAX_GAP = 5  # 0.2 s at 25 fps: bridges HOG misses on blinks and head turns, never a scene cut of a new person
+_DEFAULTS = PrepareParams()  # every crop setting's default lives in the params schema
 CHUNK = 32  # frames cropped and resized per torch call: memory holds 32 uint8 crops at a time
 
 
@@ -59,6 +64,16 @@ class Track:
     @property
     def n_frames(self) -> int:
         return self.end - self.start + 1
+
+    def long_enough(self, min_frames: int) -> bool:
+        """FOMM's rule: keep a track when end - start > min_frames."""
+        return self.end - self.start > min_frames
+
+    def nearest_box(self, i: int) -> np.ndarray:
+        """The detection at frame i, or in a gap frame the closest one."""
+        if i in self.boxes:
+            return self.boxes[i]
+        return self.boxes[min(self.boxes, key=lambda j: abs(j - i))]
 
 
 @dataclass
@@ -91,7 +106,7 @@ def _join(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])], dtype=np.float64)
 
 
-def enlarge_box(box, increase: float = 0.1) -> np.ndarray:
+def enlarge_box(box, increase: float = _DEFAULTS.increase) -> np.ndarray:
     """FOMM's enlargement (float, unclipped): each side moves out by a fraction of the width/height.
 
     width_increase = max(increase, ((1 + 2 increase) h - w) / (2 w)), height_increase likewise swapped;
@@ -110,7 +125,7 @@ def _round(x: float) -> int:
     return int(np.floor(x + 0.5))
 
 
-def square_crop_box(union_box, frame_hw: tuple[int, int], increase: float = 0.1) -> np.ndarray:
+def square_crop_box(union_box, frame_hw: tuple[int, int], increase: float = _DEFAULTS.increase) -> np.ndarray:
     """Integer square crop box x0, y0, x1, y1 for a track's union box in a frame of (height, width).
 
     Side = max of FOMM's enlarged width and height, centred on the enlarged box; shifted inside the
@@ -141,8 +156,8 @@ class _Live:
 
 def track_faces(
     boxes_per_frame: Sequence[np.ndarray],
-    iou_with_initial: float = 0.25,
-    max_gap: int = DEFAULT_MAX_GAP,
+    iou_with_initial: float = _DEFAULTS.iou_with_initial,
+    max_gap: int = _DEFAULTS.max_gap,
 ) -> list[Track]:
     """All face tracks (kept or not), in order of start; see the module docstring for the rules."""
     if max_gap < 0:
@@ -212,20 +227,20 @@ def _detect_all(frames: Iterable[np.ndarray], detect, progress: bool, desc: str 
 
 
 def _keep(tracks: list[Track], frame_hw, min_frames: int, increase: float) -> list[tuple[Track, np.ndarray]]:
-    return [(t, square_crop_box(t.union_box, frame_hw, increase)) for t in tracks if t.n_frames > min_frames]
+    return [(t, square_crop_box(t.union_box, frame_hw, increase)) for t in tracks if t.long_enough(min_frames)]
 
 
 def find_tracks(
     frames: Iterable[np.ndarray],  # RGB uint8 [T, H, W, 3] or any iterable of frames
     detect: Callable[[np.ndarray], np.ndarray],  # frame -> boxes [K, 4] (e.g. DlibDetector())
     *,
-    min_frames: int = DEFAULT_MIN_FRAMES,
-    iou_with_initial: float = 0.25,
-    max_gap: int = DEFAULT_MAX_GAP,
-    increase: float = 0.1,
+    min_frames: int = _DEFAULTS.min_frames,
+    iou_with_initial: float = _DEFAULTS.iou_with_initial,
+    max_gap: int = _DEFAULTS.max_gap,
+    increase: float = _DEFAULTS.increase,
     progress: bool = False,
 ) -> list[tuple[Track, np.ndarray]]:
-    """Kept tracks (more than `min_frames` frames) with their square crop boxes, in order of start."""
+    """Kept tracks (FOMM's end - start > min_frames) with their square crop boxes, in order of start."""
     boxes, frame_hw = _detect_all(frames, detect, progress)
     if frame_hw is None:
         return []
@@ -306,11 +321,11 @@ def crop_tracks(
     frames: np.ndarray,  # RGB uint8 [T, H, W, 3], in memory
     detect: Callable[[np.ndarray], np.ndarray],
     *,
-    size: int = 256,
-    min_frames: int = DEFAULT_MIN_FRAMES,
-    iou_with_initial: float = 0.25,
-    max_gap: int = DEFAULT_MAX_GAP,
-    increase: float = 0.1,
+    size: int,
+    min_frames: int = _DEFAULTS.min_frames,
+    iou_with_initial: float = _DEFAULTS.iou_with_initial,
+    max_gap: int = _DEFAULTS.max_gap,
+    increase: float = _DEFAULTS.increase,
     progress: bool = False,
 ) -> list[CropResult]:
     """find_tracks + crop_and_resize on an in-memory video: one CropResult per kept track."""
@@ -323,11 +338,94 @@ def crop_tracks(
     ]
 
 
-# ------------------------------------------------------------------------------------------ the stage
+# ------------------------------------------------------------------------------ the one per-video path
+
+
+@dataclass
+class VideoTracks:
+    """Pass 1 over a video: every face track, and what the decoding saw."""
+
+    path: Path
+    tracks: list[Track]  # all tracks (kept or not), in order of start
+    n_frames: int  # frames decoded in [start_s, end_s)
+    frame_hw: tuple[int, int] | None  # (height, width); None when no frame decoded
+    fps: float  # pipeline.video.frame_rate of the decoded timestamps
+    variable_frame_rate: bool
+    colour: bool  # some sampled frame carries colour (pipeline.video.has_colour, every 10th frame)
+    start_s: float | None = None
+    end_s: float | None = None
+
+    def kept(self, min_frames: int, increase: float) -> list[tuple[Track, np.ndarray]]:
+        """Tracks that pass FOMM's length rule, with their square crop boxes."""
+        return _keep(self.tracks, self.frame_hw, min_frames, increase) if self.frame_hw else []
+
+
+def detect_tracks(
+    path: str | os.PathLike,
+    detect,  # frame -> boxes [K, 4], an object with .detect(frame), or one with .detect_at(i, frame)
+    *,
+    iou_with_initial: float,
+    max_gap: int,
+    start_s: float | None = None,  # decode only [start_s, end_s) seconds
+    end_s: float | None = None,
+    progress: bool = False,
+) -> VideoTracks:
+    """Pass 1: decode `path` frame by frame (never holding the video), detect faces and track them."""
+    path = Path(path)
+    at = detect.detect_at if hasattr(detect, "detect_at") else None
+    one = None if at else _as_detect(detect)
+    boxes, times, frame_hw, colour = [], [], None, False
+    frames = iter_frames(path, start_s, end_s)
+    if progress:
+        from tqdm import tqdm
+
+        frames = tqdm(frames, desc=path.name, unit="frame", file=sys.stderr, leave=False)
+    for i, (t, frame) in enumerate(frames):
+        if frame_hw is None:
+            frame_hw = (int(frame.shape[0]), int(frame.shape[1]))
+        if i % 10 == 0 and not colour:
+            colour = has_colour(frame)
+        times.append(t)
+        found = at(i, frame) if at else one(frame)
+        boxes.append(np.asarray(found, dtype=np.float64).reshape(-1, 4))
+    fps, vfr = frame_rate(times)
+    tracks = track_faces(boxes, iou_with_initial=iou_with_initial, max_gap=max_gap)
+    return VideoTracks(path, tracks, len(boxes), frame_hw, fps, vfr, colour, start_s, end_s)
+
+
+@dataclass
+class CropPlan:
+    track: Track
+    box: np.ndarray  # square crop box in frame pixels
+    frames: set[int] | None = None  # frame numbers to crop; None: the track's whole range
+
+
+def track_crops(video: VideoTracks, plans: Sequence[CropPlan], size: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Pass 2: decode the video again and yield (plan index, frame number, crop uint8 [size, size, 3], the full
+    frame) for every frame a plan wants, in frame order. VideoError if the video ends early on this read."""
+    wanted = [p.frames if p.frames is not None else set(range(p.track.start, p.track.end + 1)) for p in plans]
+    last = max((max(w) for w in wanted if w), default=-1)
+    i = -1
+    gen = iter_frames(video.path, video.start_s, video.end_s)
+    try:
+        for i, (_, frame) in enumerate(gen):
+            if i > last:
+                return
+            for k, plan in enumerate(plans):
+                if i in wanted[k]:
+                    yield k, i, crop_and_resize(frame, plan.box, size), frame
+    finally:
+        gen.close()
+    if i < last:
+        raise VideoError(f"{video.path}: the video ended at frame {i} on the second read, before frame {last}; "
+                         f"re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4)")
+
+
+# ------------------------------------------------------------------------------------- `reenact crop`
 
 
 def crop_command_inputs(input: Path) -> list[Path]:
-    """`reenact crop INPUT`: a video file -> [it]; a folder -> its video files (mp4/mov/avi/mkv/webm, sorted, not recursive)."""
+    """`reenact crop INPUT`: a video file -> [it]; a folder -> its video files (sorted, not recursive)."""
     input = Path(input)
     if not input.exists():
         raise FileNotFoundError(f"{input}: no such file or folder")
@@ -340,36 +438,6 @@ def crop_command_inputs(input: Path) -> list[Path]:
             raise ValueError(f"{input}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder")
         return videos
     return [input]
-
-
-def _video_fps(times: list[float]) -> float:
-    # as pipeline.video.describe: the average frame rate from the decoded timestamps
-    if len(times) > 1:
-        mean = float(np.mean(np.diff(times)))
-        if mean > 0:
-            return round(1.0 / mean, 3)
-    return 25.0
-
-
-def _track_frames(path: Path, start: int, end: int, box, size: int):
-    """Decode `path` again and yield the resized crops of frames start..end (inclusive), CHUNK at a time."""
-    gen = iter_frames(path)
-    try:
-        buf = []
-        for i, (_, frame) in enumerate(gen):
-            if i < start:
-                continue
-            buf.append(frame)
-            if len(buf) == CHUNK or i == end:
-                yield from crop_and_resize(np.stack(buf), box, size)
-                buf = []
-            if i == end:
-                return
-        if buf:
-            yield from crop_and_resize(np.stack(buf), box, size)
-        raise VideoError(f"{path}: the video ended before frame {end} on the second read")
-    finally:
-        gen.close()
 
 
 def _unique_stems(inputs: list[Path]) -> list[str]:
@@ -390,11 +458,11 @@ def crop_videos(
     inputs: list[Path],
     out_dir: Path,
     *,
-    size: int = 256,
-    min_frames: int = DEFAULT_MIN_FRAMES,
-    increase: float = 0.1,
-    iou_with_initial: float = 0.25,
-    max_gap: int = DEFAULT_MAX_GAP,
+    size: int,
+    min_frames: int = _DEFAULTS.min_frames,
+    increase: float = _DEFAULTS.increase,
+    iou_with_initial: float = _DEFAULTS.iou_with_initial,
+    max_gap: int = _DEFAULTS.max_gap,
     detector=None,  # callable frame -> boxes [K, 4] or an object with .detect; default DlibDetector()
     progress: bool = True,
 ) -> dict:
@@ -417,38 +485,30 @@ def crop_videos(
         from pipeline.faces import DlibDetector
 
         detector = DlibDetector()
-    detect = _as_detect(detector)
     inputs = list(dict.fromkeys(Path(p) for p in inputs))  # each input once, in order
     result: dict[str, Any] = {}
     for path, stem in zip(inputs, _unique_stems(inputs)):
         entry: dict[str, Any] = {"video": str(path), "fps": None, "frames": None, "size": None, "tracks": [], "reason": None}
         written: list[Path] = []
         try:
-            times: list[float] = []
-
-            def frames_of(p=path):
-                for t, frame in iter_frames(p):
-                    times.append(t)
-                    yield frame
-
-            boxes, frame_hw = _detect_all(frames_of(), detect, progress, desc=path.name)
-            if frame_hw is None:
+            video = detect_tracks(path, detector, iou_with_initial=iou_with_initial, max_gap=max_gap, progress=progress)
+            if video.frame_hw is None:
                 raise VideoError(f"{path}: zero frames decoded")
-            h, w = frame_hw
-            entry.update(fps=_video_fps(times), frames=len(boxes), size=[w, h])
-            tracks = track_faces(boxes, iou_with_initial=iou_with_initial, max_gap=max_gap)
-            kept = _keep(tracks, (h, w), min_frames, increase)
-            if not tracks:
-                entry["reason"] = f"no face detected in any of the {len(boxes)} frames"
+            h, w = video.frame_hw
+            entry.update(fps=video.fps, frames=video.n_frames, size=[w, h])
+            kept = video.kept(min_frames, increase)
+            if not video.tracks:
+                entry["reason"] = f"no face detected in any of the {video.n_frames} frames"
             elif not kept:
-                longest = max(tracks, key=lambda t: t.n_frames)
+                longest = max(video.tracks, key=lambda t: t.n_frames)
                 entry["reason"] = (
-                    f"only face tracks of {min_frames} frames or fewer (need more than min_frames={min_frames}); "
-                    f"the longest has {longest.n_frames} frames ({longest.start}-{longest.end}) of {len(tracks)} tracks"
+                    f"only face tracks spanning {min_frames} frames or fewer (FOMM keeps end - start > "
+                    f"min_frames={min_frames}); the longest spans {longest.start}-{longest.end} of {len(video.tracks)} tracks"
                 )
             for k, (t, box) in enumerate(kept):
                 out = out_dir / f"{stem}_{k}.mp4"
-                write_video(out, _track_frames(path, t.start, t.end, box, size), entry["fps"])
+                crops = (crop for _, _, crop, _ in track_crops(video, [CropPlan(t, box)], size))
+                write_video(out, crops, video.fps)
                 written.append(out)
                 entry["tracks"].append({"file": out.name, "start": t.start, "end": t.end,
                                         "box": [int(v) for v in box], "detections": len(t.boxes)})

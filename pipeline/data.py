@@ -2,22 +2,25 @@
 
 Synthetic (the embedded default): render the talking-head world. Folder: index the user's videos
 (nothing is copied; the index records size and mtime so that DVC notices when a video changes).
-Either way the output is `<out>/index.csv` with one row per video, which `prepare` reads.
+Either way the output is the raw index (pipeline.store) with one row per video, which `prepare` reads.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import UserError
 from pipeline.config import DataParams
-from pipeline.io import atomic_dir, write_text
+from pipeline.io import atomic_dir
+from pipeline.store import read_raw_index, write_raw_index
 from pipeline.split import held_out
 
 INDEX_COLUMNS = ["path", "identity", "clip", "kind", "motion_from", "truth", "start", "end"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The user's video folder or manifest cannot be indexed; the message says what to fix."""
 
 
@@ -43,13 +46,15 @@ def make_synthetic(out_dir: Path, params: DataParams, seed: int, test_fraction: 
     return {"source": "synthetic", **summary}
 
 
-def index_folder(out_dir: Path, params: DataParams) -> dict:
-    """Write `<out_dir>/index.csv` for the user's videos (absolute paths) and return counts."""
+def index_folder(out_dir: Path, params: DataParams, workspace: Path) -> dict:
+    """Write the raw index (pipeline.store) for the user's videos and return counts. Paths inside the workspace
+    are written relative to `out_dir` (two checkouts in different folders write the same index), others absolute;
+    relative data.folder paths are relative to the workspace."""
     folder = params.folder
     if folder.manifest is not None:
-        rows = _rows_from_manifest(Path(folder.manifest).expanduser().resolve())
+        rows = _rows_from_manifest((workspace / Path(folder.manifest).expanduser()).resolve())
     else:
-        rows = _rows_from_tree(Path(folder.root).expanduser().resolve(), folder.extensions)
+        rows = _rows_from_tree((workspace / Path(folder.root).expanduser()).resolve(), folder.extensions)
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     duplicated = index["clip"].duplicated(keep=False)
     if duplicated.any():  # the same clip name under two identities: make clip ids unique
@@ -58,8 +63,11 @@ def index_folder(out_dir: Path, params: DataParams) -> dict:
     stats = [Path(p).stat() if Path(p).is_file() else None for p in index["path"]]
     index["bytes"] = [s.st_size if s else -1 for s in stats]
     index["mtime_ns"] = [s.st_mtime_ns if s else -1 for s in stats]
+    inside = [Path(p).resolve().is_relative_to(Path(workspace).resolve()) for p in index["path"]]
+    index["path"] = [Path(os.path.relpath(p, Path(out_dir).resolve())).as_posix() if i else p
+                     for p, i in zip(index["path"], inside)]
     with atomic_dir(out_dir) as tmp:
-        write_text(tmp / "index.csv", index.to_csv(index=False))
+        write_raw_index(tmp, index)
     return {
         "source": "folder",
         "videos": int(len(index)),
@@ -132,7 +140,7 @@ def sample_sheet(raw_dir: Path, report: Path, n: int = 8) -> Path | None:
     from pipeline.plots import image_grid
     from pipeline.video import VideoError, iter_frames
 
-    index = pd.read_csv(raw_dir / "index.csv", keep_default_na=False)
+    index = read_raw_index(raw_dir)
 
     def frame_at(path: str, k: int):
         p = Path(path) if Path(path).is_absolute() else raw_dir / path

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.dataset import SplitArrays
+from pipeline.config import GeneratorParams
 from pipeline.metrics.image import masked_psnr, psnr, ssim
+from pipeline.store import SplitArrays, to_image
 
 
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1] (G's output range)."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+to_tensor = to_image  # uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1] (G's output range)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -74,27 +74,17 @@ def _batch(data: SplitArrays, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tens
     return to_tensor(data.frames[idx]), torch.from_numpy(data.masks[idx]).float()[:, None]
 
 
-@dataclass
-class WarmupConfig:
-    iters: int
-    batch_size: int
-    lr: float
-    feature_weight: float
-    offset_weight: float  # penalty on the W+ offsets, mean of squares
-    seed: int
-    encoder_lr_ratio: float = 0.25  # the warm-up encoder's learning rate as a fraction of G's
-
-
-def train_autoencoder(G: nn.Module, E: WarmupEncoder, train: SplitArrays, cfg: WarmupConfig,
+def train_autoencoder(G: nn.Module, E: WarmupEncoder, train: SplitArrays, cfg: GeneratorParams, seed: int,
                       progress: bool = True, log_every: int = 25) -> list[dict]:
-    """Train G and E jointly to reconstruct the training frames; returns the loss history."""
-    rng = np.random.default_rng([cfg.seed, 10])
-    torch.manual_seed(cfg.seed)
+    """Train G and E jointly to reconstruct the training frames (params: iters, batch_size, lr, encoder_lr_ratio,
+    feature_weight, offset_weight); returns the loss history, steps 1 ... iters."""
+    rng = np.random.default_rng([seed, 10])
+    torch.manual_seed(seed)
     # The encoder learns at a fraction of G's rate: at G's rate it destabilised the warm-up (measured on the
     # default world, 200 steps: reconstruction loss 0.85 at 1x, 0.69 at 0.25x).
     opt = torch.optim.Adam([{"params": G.parameters()}, {"params": E.parameters(), "lr": cfg.lr * cfg.encoder_lr_ratio}],
                            lr=cfg.lr, betas=(0.9, 0.99))
-    history, start = [], time.perf_counter()
+    history = []
     G.train()
     E.train()
     for step in tqdm(range(1, cfg.iters + 1), desc="generator warm-up", disable=not progress):
@@ -109,7 +99,7 @@ def train_autoencoder(G: nn.Module, E: WarmupEncoder, train: SplitArrays, cfg: W
         opt.step()
         if step % log_every == 0 or step == cfg.iters:
             history.append({"step": step, "phase": "warmup", "loss": loss.item(), "rec": rec.item(),
-                            "offsets": reg.item(), "seconds": round(time.perf_counter() - start, 2)})
+                            "offsets": reg.item()})
     G.eval()
     E.eval()
     return history
@@ -135,10 +125,11 @@ def mmd(a: torch.Tensor, b: torch.Tensor, bandwidths: torch.Tensor) -> torch.Ten
 
 
 def fit_mapping(G: nn.Module, codes: torch.Tensor, iters: int, batch_size: int, lr: float, seed: int,
-                progress: bool = True, log_every: int = 25) -> list[dict]:
+                progress: bool = True, log_every: int = 25, first_step: int = 1) -> list[dict]:
     """Fit G's mapping network so that mapping(z), z ~ N(0, I), matches the distribution of `codes` [M, D]
     (MMD over kernels at 0.5x, 1x and 2x the median pairwise distance of the codes). `lr` is the
-    effective step on the mapping weights (the optimiser's step times the layers' lr multiplier)."""
+    effective step on the mapping weights (the optimiser's step times the layers' lr multiplier). The history's
+    steps count from `first_step`, so that a stage's phases share one global step."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -149,7 +140,7 @@ def fit_mapping(G: nn.Module, codes: torch.Tensor, iters: int, batch_size: int, 
     # The mapping layers scale their weights by lr_mul (0.01, equalised lr), so a raw Adam step of size a
     # moves the effective weights by a * lr_mul: divide to make `lr` the effective step.
     opt = torch.optim.Adam(params, lr=lr / G.config["lr_mlp"], betas=(0.9, 0.99))
-    history, start = [], time.perf_counter()
+    history = []
     for step in tqdm(range(1, iters + 1), desc="mapping fit", disable=not progress):
         z = torch.randn(batch_size, codes.shape[1], generator=gen)
         target = codes[torch.randint(len(codes), (batch_size,), generator=gen)]
@@ -158,8 +149,7 @@ def fit_mapping(G: nn.Module, codes: torch.Tensor, iters: int, batch_size: int, 
         loss.backward()
         opt.step()
         if step % log_every == 0 or step == iters:
-            history.append({"step": step, "phase": "mapping", "mmd": loss.item(),
-                            "seconds": round(time.perf_counter() - start, 2)})
+            history.append({"step": first_step + step - 1, "phase": "mapping", "mmd": loss.item()})
     return history
 
 
@@ -270,6 +260,65 @@ def mmd_to_codes(G: nn.Module, codes: torch.Tensor, seed: int, n: int = 1024) ->
         return round(float(mmd(w, sub, median * torch.tensor([0.5, 1.0, 2.0]))), 5)
 
 
-__all__ = ["WarmupEncoder", "WarmupConfig", "train_autoencoder", "fit_mapping", "evaluate_reconstruction",
+@dataclass
+class TrainedGenerator:
+    G: nn.Module
+    metrics: dict  # metrics/generator.json
+    history: list[dict] = field(default_factory=list)  # one global step: warm-up 1..iters, then the mapping fit
+    reconstructions: Reconstructions | None = None
+    timings: dict = field(default_factory=dict)  # seconds per phase (MLflow only)
+
+
+def train_generator(params: GeneratorParams, seed: int, train: SplitArrays, test: SplitArrays,
+                    progress: bool = True) -> TrainedGenerator:
+    """The embedded default's toy StyleGAN2 (see the module docstring): warm-up as an autoencoder's decoder,
+    mapping fit, latent_avg, held-out reconstruction quality and sample statistics."""
+    from pipeline.models.stylegan2 import Generator
+
+    resolution = train.frames.shape[1]
+    torch.manual_seed(seed)
+    G = Generator(resolution=resolution, style_dim=params.style_dim, n_mlp=params.n_mlp,
+                  channel_multiplier=params.channel_multiplier, channel_max=params.channel_max)
+    E = WarmupEncoder(resolution, params.style_dim, G.n_latent)
+    start = time.perf_counter()
+    warmup = train_autoencoder(G, E, train, params, seed, progress=progress)
+    warmup_seconds = time.perf_counter() - start
+    codes, _ = encode_all(E, train)
+    mmd_before = mmd_to_codes(G, codes, seed)
+    mapping = fit_mapping(G, codes, params.mapping_iters, params.mapping_batch_size, params.mapping_lr, seed,
+                          progress=progress, first_step=params.iters + 1)
+    G.latent_avg.copy_(latent_average(G, seed=seed))
+    recon = evaluate_reconstruction(G, E, test, params.eval_frames, params.refine_steps, params.refine_lr,
+                                    params.feature_weight, seed)
+    metrics = {
+        "source": "train",
+        "resolution": resolution,
+        "parameters": sum(p.numel() for p in G.parameters()),
+        "train_frames": len(train),
+        "warmup_final_loss": round(warmup[-1]["rec"], 5),
+        "heldout": recon.metrics,
+        "mapping": {"mmd_before": mmd_before, "mmd_after": mmd_to_codes(G, codes, seed)},
+        "samples": sample_statistics(G, seed=seed),
+    }
+    return TrainedGenerator(G, metrics, warmup + mapping, recon,
+                            {"warmup_seconds": round(warmup_seconds, 2),
+                             "total_seconds": round(time.perf_counter() - start, 2)})
+
+
+def convert_generator(checkpoint, source: str, seed: int) -> TrainedGenerator:
+    """A user's rosinality / NVIDIA checkpoint, converted and checked (finite, non-flat samples)."""
+    from pipeline.models.stylegan2_formats import load_generator
+
+    G = load_generator(checkpoint, source)
+    stats = sample_statistics(G, n=8, seed=seed)
+    if not stats["finite"] or stats["per_image_std_min"] < 1e-3:
+        raise ValueError(f"{checkpoint}: the converted generator renders {'non-finite values' if not stats['finite'] else 'flat images'} "
+                         f"({stats}); is it the right file and format (generator.source={source})?")
+    metrics = {"source": source, "checkpoint": Path(checkpoint).name, "resolution": G.resolution,
+               "parameters": sum(p.numel() for p in G.parameters()), "samples": stats}
+    return TrainedGenerator(G, metrics)
+
+
+__all__ = ["WarmupEncoder", "train_generator", "convert_generator", "TrainedGenerator", "train_autoencoder", "fit_mapping", "evaluate_reconstruction",
            "sample", "sample_statistics", "latent_average", "mmd", "mmd_to_codes", "encode_all", "to_tensor",
            "to_uint8", "reconstruction_loss", "mean_colour_baseline"]

@@ -1,7 +1,6 @@
 """Every path the pipeline uses has its one home here (dvc.yaml names the same paths)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -19,3 +18,7 @@ PREPARED = Path("data/prepared")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
 MODELS = Path("models")
+
+# Trained networks (the toy world's counterparts of the paper's pre-trained FFHQ StyleGAN2 and face analysers).
+GENERATOR_CHECKPOINT = MODELS / "generator.pt"
+ANALYZER_CHECKPOINT = MODELS / "analyzer.pt"

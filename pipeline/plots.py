@@ -52,3 +52,47 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, colour=(255, 0, 255), alph
     m = mask.astype(bool)
     out[m] = (1 - alpha) * out[m] + alpha * np.asarray(colour, np.float32)
     return out.clip(0, 255).astype(np.uint8)
+
+
+def prepare_sheet(store, path: str | os.PathLike, per_split: int = 8) -> Path:
+    """Prepared crops (pipeline.store.PreparedStore) with the Eq. 13 mask tinted and the landmarks dotted."""
+    images, titles, points = [], [], []
+    for split in ("train", "test"):
+        for clip_id in store.clips(split)["clip_id"].head(per_split):
+            frames, masks, lms = store.frames(clip_id), store.masks(clip_id), store.landmarks(clip_id)
+            k = len(frames) // 2
+            images.append(overlay_mask(np.asarray(frames[k]), masks[k]))
+            points.append(lms[k])
+            titles.append(f"{split} {clip_id}")
+    return image_grid(path, images, titles, ncols=8, points=points, suptitle="prepare: crops, Eq. 13 masks, landmarks")
+
+
+def analyzer_figure(path: str | os.PathLike, predicted, truth: dict, distances: dict, threshold: float) -> Path:
+    """The toy analyzer on held-out identities: predicted vs renderer truth for pose, gaze and two expression
+    channels (`predicted`: pipeline.analysis.MotionFeatures), and the same / different identity distances."""
+    panels = [("pose", i, n) for i, n in enumerate(predicted.pose_names)] + \
+             [("gaze", i, n) for i, n in enumerate(predicted.gaze_names)] + \
+             [("expression", predicted.expression_names.index(n), n) for n in ("mouth_open", "blink_left")]
+    fig, axes = plt.subplots(2, 4, figsize=(14, 7))
+    for ax, (group, i, name) in zip(axes.flat, panels):
+        t, p = truth[group][:, i], getattr(predicted, group)[:, i]
+        ax.scatter(t, p, s=3, alpha=0.4)
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_title(f"{name} ({'deg' if group != 'expression' else '0-1'})")
+        ax.set_xlabel("renderer truth")
+        ax.set_ylabel("toy analyzer")
+    ax = axes.flat[-1]
+    bins = np.linspace(0, max(distances["different"].max(), distances["same"].max()), 40)
+    ax.hist(distances["same"], bins=bins, alpha=0.6, label="same identity")
+    ax.hist(distances["different"], bins=bins, alpha=0.6, label="different identity")
+    ax.axvline(threshold, color="k", ls="--", lw=0.8, label="threshold")
+    ax.set_title("identity distance, held-out pairs")
+    ax.legend(fontsize=8)
+    fig.suptitle("analyzer: held-out identities")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return path

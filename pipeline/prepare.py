@@ -1,19 +1,10 @@
 """Stage `prepare`: FOMM-style face crops, landmarks and Eq. 13 masks, an identity-disjoint split and
-frame sampling, stored so that training reads random frames fast.
-
-Layout of the output folder (all written in a temporary folder that replaces the old one at the end):
-    manifest.csv                  one row per prepared clip (a kept face track of a video)
-    videos.csv                    one row per input video: kept or rejected, and why
-    clips/<clip_id>/frames.npy    uint8 [N, size, size, 3], memory-mappable (random reads without decoding)
-    clips/<clip_id>/landmarks.npy float32 [N, 68, 2] in crop pixels
-    clips/<clip_id>/masks.npy     uint8 [N, size, size] in {0, 1}
-    clips/<clip_id>/frame_index.npy int32 [N]: frame numbers in the source video
-    clips/<clip_id>/truth.npz     (synthetic world only) expression, pose, gaze of the stored frames, identity_vector
-Videos are decoded twice (detect, then crop) instead of held in memory: real videos run to minutes.
+frame sampling, written to the prepared store (layout: pipeline/store.py), so that training reads random frames
+fast. The whole store is written in a temporary folder that replaces the old one at the end. Videos are decoded
+twice (detect, then crop) instead of held in memory: real videos run to minutes.
 """
 from __future__ import annotations
 
-import os
 import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -25,12 +16,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.errors import UserError
 from pipeline import crop as fomm
 from pipeline.config import PrepareParams
-from pipeline.io import atomic_dir, save_npy, save_npz, write_text
+from pipeline.io import atomic_dir
 from pipeline.masks import feature_masks
 from pipeline.split import SplitError, split_identities
-from pipeline.video import VideoError, iter_frames
+from pipeline.store import TRUTH_KEYS, PreparedStore, raw_index_path, read_raw_index, write_clip, write_tables
+from pipeline.video import VideoError
 
 MANIFEST_COLUMNS = [
     "clip_id", "identity", "clip", "kind", "motion_from", "split", "video", "track", "start", "end",
@@ -38,7 +31,7 @@ MANIFEST_COLUMNS = [
 ]
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """Nothing usable is left after preparing; the message lists why each video was rejected."""
 
 
@@ -55,6 +48,11 @@ class VideoOutcome:
     clips: list[dict] = field(default_factory=list)  # manifest rows
 
 
+def needs_landmarks(index: pd.DataFrame, params: PrepareParams) -> bool:
+    """Whether some video of the raw index will be detected with dlib (and so needs the landmark model)."""
+    return params.detector == "dlib" or (params.detector == "auto" and (index.get("truth", "") == "").any())
+
+
 def sample_frames(n_track: int, split: str, params: PrepareParams, rng: np.random.Generator) -> np.ndarray:
     """Offsets into a track: training samples `train_frames` at random (sorted), evaluation takes the first
     `eval_frames` (the paper: 50 per video for training, the first 500 for evaluation)."""
@@ -66,8 +64,8 @@ def sample_frames(n_track: int, split: str, params: PrepareParams, rng: np.rando
 
 
 def prepare(
-    index_csv: Path,  # the `data` stage's index: path,identity,clip,kind,motion_from,truth[,start,end]
-    out_dir: Path,  # replaced whole at the end
+    raw_dir: Path,  # the `data` stage's folder, with its index (pipeline.store.RAW_INDEX)
+    out_dir: Path,  # the prepared store, replaced whole at the end
     params: PrepareParams,
     seed: int,
     test_fraction: float,  # params `split.test_fraction`: share of identities held out
@@ -75,20 +73,21 @@ def prepare(
     progress: bool = True,
 ) -> tuple[pd.DataFrame, list[VideoOutcome]]:
     """Prepare every video of the index; returns the manifest and each video's outcome."""
-    index = pd.read_csv(index_csv, keep_default_na=False)
-    base = index_csv.parent
+    index = read_raw_index(raw_dir)
+    base = Path(raw_dir)
     identities = index.loc[index["kind"] == "clip", "identity"].astype(str).tolist()
     try:
         split = split_identities(identities, test_fraction, seed)
     except SplitError as e:
-        raise PrepareError(f"{index_csv}: {e}") from None
+        raise PrepareError(f"{raw_index_path(raw_dir)}: {e}") from None
     clip_identity = dict(zip(index["clip"].astype(str), index["identity"].astype(str)))
     jobs = []
     for rec in index.to_dict("records"):
         path = Path(str(rec["path"]))
         truth = str(rec.get("truth", "") or "")
         jobs.append(dict(
-            video=str(path if path.is_absolute() else base / path),
+            video=str(path if path.is_absolute() else base / path),  # opened
+            name=str(rec["path"]),  # recorded: as the index has it (relative to the raw folder, or the user's path)
             identity=str(rec["identity"]),
             clip=str(rec["clip"]),
             kind=str(rec.get("kind", "clip") or "clip"),
@@ -111,8 +110,7 @@ def prepare(
                 f"{have or 'none'}); rejected videos:\n"
                 + "\n".join(f"  {o.video}: {o.reason}" for o in outcomes if o.status == "rejected")
             )
-        write_text(tmp / "manifest.csv", manifest.to_csv(index=False))
-        write_text(tmp / "videos.csv", videos_table(outcomes).to_csv(index=False))
+        write_tables(tmp, manifest, videos_table(outcomes))
     return manifest, outcomes
 
 
@@ -124,12 +122,12 @@ def videos_table(outcomes: list[VideoOutcome]) -> pd.DataFrame:
     ])
 
 
-def summarize(manifest: pd.DataFrame, outcomes: list[VideoOutcome], clips_dir: Path) -> dict:
+def summarize(manifest: pd.DataFrame, outcomes: list[VideoOutcome], store: PreparedStore) -> dict:
     """The stage's metrics: counts per split, why videos were rejected, and mask coverage."""
     clips = manifest[manifest["kind"] == "clip"]
     cross = manifest[manifest["kind"] == "cross"]
     rejected = [o for o in outcomes if o.status == "rejected"]
-    coverage = [float(np.load(clips_dir / cid / "masks.npy", mmap_mode="r")[:8].mean()) for cid in clips["clip_id"][:32]]
+    coverage = [float(store.masks(cid)[:8].mean()) for cid in clips["clip_id"][:32]]
     return {
         "videos": {
             "total": len(outcomes),
@@ -194,18 +192,28 @@ def _landmark_predictor(model: Path) -> Callable[[np.ndarray, np.ndarray], np.nd
 _DETECTORS: dict[int, object] = {}
 
 
-def _dlib_detect(frame: np.ndarray, upsample: int) -> np.ndarray:
+def _dlib_detector(upsample: int):
     if upsample not in _DETECTORS:  # one per process: workers build their own
         from pipeline.faces import DlibDetector
 
         _DETECTORS[upsample] = DlibDetector(upsample=upsample)
-    return _DETECTORS[upsample].detect(frame)
+    return _DETECTORS[upsample]
+
+
+class _TruthBoxes:
+    """The renderer's face box of each frame, as a detector (prepare.detector: ground_truth)."""
+
+    def __init__(self, bbox: np.ndarray):
+        self.bbox = bbox
+
+    def detect_at(self, i: int, frame: np.ndarray) -> np.ndarray:
+        return self.bbox[i : i + 1] if i < len(self.bbox) else np.zeros((0, 4), np.float32)
 
 
 def prepare_video(job: dict, *, out_dir: Path, params: PrepareParams, seed: int, split: dict[str, str],
                   landmarks_model: Path | None) -> VideoOutcome:
     """Detect, track, crop and store one video; a bad video yields a reason instead of an exception."""
-    outcome = VideoOutcome(job["video"], job["identity"], job["clip"], job["kind"])
+    outcome = VideoOutcome(job["name"], job["identity"], job["clip"], job["kind"])
     if job["kind"] == "cross":
         both_test = split.get(job["identity"]) == "test" and split.get(job["motion_identity"]) == "test"
         if not both_test:
@@ -221,99 +229,68 @@ def prepare_video(job: dict, *, out_dir: Path, params: PrepareParams, seed: int,
     if not use_truth and landmarks_model is None:
         return _reject(outcome, "no_truth", "real video but no dlib landmark model configured (assets.dlib_landmarks68)")
 
-    # Pass 1: detect a face in every frame.
-    boxes, n_frames, shape, times, colour = [], 0, None, [], False
+    # Pass 1: detect a face in every frame, track.
+    detector = _TruthBoxes(truth["bbox"]) if use_truth else _dlib_detector(params.upsample)
     try:
-        for i, (t, frame) in enumerate(iter_frames(job["video"], job["start"], job["end"])):
-            if shape is None:
-                shape = frame.shape[:2]
-            if i % 10 == 0 and not colour:
-                colour = _has_colour(frame)
-            times.append(t)
-            if use_truth:
-                boxes.append(truth["bbox"][i : i + 1] if i < len(truth["bbox"]) else np.zeros((0, 4), np.float32))
-            else:
-                boxes.append(_dlib_detect(frame, params.upsample))
-            n_frames += 1
+        video = fomm.detect_tracks(job["video"], detector, iou_with_initial=params.iou_with_initial,
+                                   max_gap=params.max_gap, start_s=job["start"], end_s=job["end"])
     except VideoError as e:
         return _reject(outcome, "unreadable", str(e))
-    if n_frames == 0:
+    if video.n_frames == 0:
         return _reject(outcome, "zero_frames", "zero frames decoded" + (" in the manifest's start/end range" if job["start"] or job["end"] else ""))
-    if not colour:
+    if not video.colour:
         return _reject(outcome, "grayscale", "grayscale video: the generator and metrics are RGB; use a colour version")
-    intervals = np.diff(times)
-    fps = 1.0 / float(intervals.mean()) if len(intervals) and intervals.mean() > 0 else 25.0
-    if len(intervals) > 1 and np.abs(intervals - intervals.mean()).max() > 0.5 * intervals.mean():
-        outcome.notes.append(f"variable frame rate (intervals {intervals.min():.3f}-{intervals.max():.3f} s): frames kept as decoded")
-    if shape[0] % 2 or shape[1] % 2:
-        outcome.notes.append(f"odd frame size {shape[1]}x{shape[0]}: cropped as is")
-
-    tracks = fomm.track_faces(boxes, iou_with_initial=params.iou_with_initial, max_gap=params.max_gap)
-    if not tracks:
-        return _reject(outcome, "no_face", f"no face detected in any of its {n_frames} frames")
-    kept = [t for t in tracks if t.end - t.start + 1 > params.min_frames]
+    if video.variable_frame_rate:
+        outcome.notes.append(f"variable frame rate (average {video.fps} fps): frames kept as decoded")
+    if video.frame_hw[0] % 2 or video.frame_hw[1] % 2:
+        outcome.notes.append(f"odd frame size {video.frame_hw[1]}x{video.frame_hw[0]}: cropped as is")
+    if not video.tracks:
+        return _reject(outcome, "no_face", f"no face detected in any of its {video.n_frames} frames")
+    kept = video.kept(params.min_frames, params.increase)
     if not kept:
-        longest = max(t.end - t.start + 1 for t in tracks)
-        return _reject(outcome, "short_tracks", f"only face tracks shorter than prepare.min_frames={params.min_frames} "
-                       f"(longest: {longest} frames of {n_frames})")
+        longest = max(video.tracks, key=lambda t: t.n_frames)
+        return _reject(outcome, "short_tracks", f"only face tracks spanning prepare.min_frames={params.min_frames} "
+                       f"frames or fewer (FOMM keeps end - start > min_frames; longest: frames {longest.start}-"
+                       f"{longest.end} of {video.n_frames})")
 
     # Which frames each kept track stores, then pass 2: crop them.
-    plans = []
-    for k, track in enumerate(kept):
+    clip_ids, indices, plans = [], [], []
+    for k, (track, box) in enumerate(kept):
         clip_id = f"{job['clip']}_t{k}"
         rng = np.random.default_rng([seed, zlib.crc32(clip_id.encode())])
-        offsets = sample_frames(track.end - track.start + 1, clip_split, params, rng)
-        box = fomm.square_crop_box(track.union_box, shape, increase=params.increase)
-        plans.append((clip_id, track, box, set((track.start + offsets).tolist()), track.start + offsets))
-    crops = {p[0]: [] for p in plans}
-    landmarks = {p[0]: [] for p in plans}
+        frame_index = track.start + sample_frames(track.n_frames, clip_split, params, rng)
+        clip_ids.append(clip_id)
+        indices.append(frame_index)
+        plans.append(fomm.CropPlan(track, box, set(frame_index.tolist())))
+    crops: list[list[np.ndarray]] = [[] for _ in plans]
+    landmarks: list[list[np.ndarray]] = [[] for _ in plans]
     predictor = None if use_truth else _landmark_predictor(landmarks_model)
     try:
-        for i, (_, frame) in enumerate(iter_frames(job["video"], job["start"], job["end"])):
-            for clip_id, track, box, wanted, _ in plans:
-                if i not in wanted:
-                    continue
-                crops[clip_id].append(fomm.crop_and_resize(frame[None], box, params.size)[0])
-                if use_truth:
-                    points = truth["landmarks"][i]
-                else:
-                    points = predictor(frame, _nearest_box(track, i))
-                landmarks[clip_id].append(fomm.to_crop_coords(points, box, params.size))
+        for k, i, crop, frame in fomm.track_crops(video, plans, params.size):
+            points = truth["landmarks"][i] if use_truth else predictor(frame, plans[k].track.nearest_box(i))
+            crops[k].append(crop)
+            landmarks[k].append(fomm.to_crop_coords(points, plans[k].box, params.size))
     except VideoError as e:
         return _reject(outcome, "unreadable", str(e))
 
-    detector = "ground_truth" if use_truth else "dlib"
-    for clip_id, track, box, _, frame_index in plans:
-        folder = out_dir / "clips" / clip_id
-        frames = np.stack(crops[clip_id])
-        points = np.stack(landmarks[clip_id]).astype(np.float32)
-        save_npy(folder / "frames.npy", frames)
-        save_npy(folder / "landmarks.npy", points)
-        save_npy(folder / "masks.npy", feature_masks(points, params.size, params.mask_dilation * params.size))
-        save_npy(folder / "frame_index.npy", frame_index.astype(np.int32))
+    for k, (clip_id, plan, frame_index) in enumerate(zip(clip_ids, plans, indices)):
+        frames = np.stack(crops[k])
+        points = np.stack(landmarks[k]).astype(np.float32)
+        labels = None
         if truth is not None:
-            save_npz(folder / "truth.npz", **{k: truth[k][frame_index] for k in ("expression", "pose", "gaze")},
-                     identity_vector=truth["identity_vector"])
+            labels = {key: truth[key][frame_index] for key in TRUTH_KEYS}
+            labels["identity_vector"] = truth["identity_vector"]
+        write_clip(out_dir, clip_id, frames=frames, landmarks=points, frame_index=frame_index, truth=labels,
+                   masks=feature_masks(points, params.size, params.mask_dilation * params.size))
+        track, box = plan.track, plan.box
         outcome.clips.append({
             "clip_id": clip_id, "identity": job["identity"], "clip": job["clip"], "kind": job["kind"],
-            "motion_from": job["motion_from"], "split": clip_split, "video": job["video"], "track": len(outcome.clips),
-            "start": track.start, "end": track.end, "track_frames": track.end - track.start + 1,
+            "motion_from": job["motion_from"], "split": clip_split, "video": job["name"], "track": k,
+            "start": track.start, "end": track.end, "track_frames": track.n_frames,
             "stored_frames": len(frames), "x0": int(box[0]), "y0": int(box[1]), "x1": int(box[2]), "y1": int(box[3]),
-            "fps": round(fps, 3), "detector": detector,
+            "fps": video.fps, "detector": "ground_truth" if use_truth else "dlib",
         })
     return outcome
-
-
-def _has_colour(frame: np.ndarray) -> bool:
-    f = frame.astype(np.int16)
-    return bool(np.abs(f[..., 0] - f[..., 1]).max() > 2 or np.abs(f[..., 1] - f[..., 2]).max() > 2)
-
-
-def _nearest_box(track: "fomm.Track", i: int) -> np.ndarray:
-    if i in track.boxes:
-        return track.boxes[i]
-    nearest = min(track.boxes, key=lambda j: abs(j - i))  # a gap frame: the closest detection
-    return track.boxes[nearest]
 
 
 def _reject(outcome: VideoOutcome, kind: str, reason: str, status: str = "rejected") -> VideoOutcome:
@@ -347,9 +324,5 @@ def report_markdown(metrics: dict, outcomes: list[VideoOutcome]) -> str:
     return "\n".join(lines)
 
 
-def clips_dir(prepared: Path) -> Path:
-    return prepared / "clips"
-
-
 __all__ = ["prepare", "prepare_video", "sample_frames", "summarize", "report_markdown",
-           "videos_table", "PrepareError", "VideoOutcome", "MANIFEST_COLUMNS", "clips_dir"]
+           "videos_table", "needs_landmarks", "PrepareError", "VideoOutcome", "MANIFEST_COLUMNS"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.errors import UserError
 
-class SplitError(ValueError):
+
+class SplitError(UserError, ValueError):
     """Too few identities to split."""
 
 

@@ -17,8 +17,9 @@ EXPERIMENT = "reenact"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-def store_root() -> Path:
-    return Path(os.environ.get("DVC_ROOT") or REPO_ROOT).resolve()
+def store_root(workspace: Path | None = None) -> Path:
+    """Where mlflow.db lives: DVC's root (also for queued experiments), else the stage's workspace, else the repo."""
+    return Path(os.environ.get("DVC_ROOT") or workspace or REPO_ROOT).resolve()
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -82,12 +83,12 @@ class StageRun:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[StageRun]:
+def stage_run(stage: str, params: Mapping[str, Any], workspace: Path | None = None) -> Iterator[StageRun]:
     """Open an MLflow run for `stage`, tagged with the stage, the DVC experiment and the git revision,
     with `params` logged flattened. The run is marked FAILED if the stage raises."""
     import mlflow
 
-    root = store_root()
+    root = store_root(workspace)
     mlflow.set_tracking_uri(tracking_uri(root))
     experiment_id = _experiment_id(mlflow, root)
     exp_name = os.environ.get("DVC_EXP_NAME", "")

@@ -10,10 +10,11 @@ from typing import Iterable, Iterator
 import av
 import numpy as np
 
+from pipeline.errors import UserError
 from pipeline.io import atomic_path
 
 
-class VideoError(RuntimeError):
+class VideoError(UserError, RuntimeError):
     """A video that cannot be used; the message names the file and what is wrong with it."""
 
 
@@ -90,23 +91,33 @@ def read_video(
     return array, describe(path, array, np.asarray(times), gray_format)
 
 
+def frame_rate(times: np.ndarray | list[float]) -> tuple[float, bool]:
+    """(average frame rate, variable frame rate?) from decoded timestamps in seconds: the one definition every
+    reader uses. 25 fps for fewer than two frames; variable when an interval differs from the mean by more than
+    half of it."""
+    intervals = np.diff(np.asarray(times, dtype=np.float64))
+    if not len(intervals) or intervals.mean() <= 0:
+        return 25.0, False
+    mean = float(intervals.mean())
+    return round(1.0 / mean, 3), bool(np.abs(intervals - mean).max() > 0.5 * mean)
+
+
+def has_colour(frames: np.ndarray) -> bool:
+    """Whether RGB uint8 frames [..., H, W, 3] carry colour (some pixel has channels differing by more than 2)."""
+    f = np.asarray(frames).astype(np.int16)
+    return bool(np.abs(f[..., 0] - f[..., 1]).max() > 2 or np.abs(f[..., 1] - f[..., 2]).max() > 2)
+
+
 def describe(path: str | os.PathLike, frames: np.ndarray, times: np.ndarray, gray_format: bool = False) -> VideoInfo:
-    intervals = np.diff(times)
-    if len(intervals) and intervals.mean() > 0:
-        fps = 1.0 / float(intervals.mean())
-        vfr = bool(np.abs(intervals - intervals.mean()).max() > 0.5 * intervals.mean())
-    else:
-        fps, vfr = 25.0, False
-    sample = frames[:: max(1, len(frames) // 8)].astype(np.int16)
-    colourless = bool(np.abs(sample[..., 0] - sample[..., 1]).max() <= 2 and np.abs(sample[..., 1] - sample[..., 2]).max() <= 2)
+    fps, vfr = frame_rate(times)
     return VideoInfo(
         path=str(path),
         width=int(frames.shape[2]),
         height=int(frames.shape[1]),
-        fps=round(fps, 3),
+        fps=fps,
         n_frames=int(len(frames)),
         variable_frame_rate=vfr,
-        grayscale=gray_format or colourless,
+        grayscale=gray_format or not has_colour(frames[:: max(1, len(frames) // 8)]),
     )
 
 

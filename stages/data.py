@@ -1,35 +1,26 @@
-"""DVC stage `data`: render the synthetic talking-head world, or index the user's videos."""
+"""DVC stage `data`: render the synthetic talking-head world, or index the user's videos (data.source: folder)."""
 from __future__ import annotations
 
-from pipeline.config import load_params
 from pipeline.data import index_folder, make_synthetic, sample_sheet
-from pipeline.io import write_json
-from pipeline.paths import METRICS, RAW, REPORTS, workspace
-from pipeline.tracking import stage_run
+from pipeline.paths import RAW, REPORTS
+from pipeline.stage import Stage, StageContext, StageResult
+
+TIMINGS = ("seconds", "frames_per_second")  # the renderer's speed: MLflow only
 
 
-def main(dry_run: bool = False, progress: bool = True) -> dict:
-    params = load_params()
-    section = params.data
-    logged = {"seed": params.seed, "split": params.split.model_dump(), "data": section.model_dump(mode="json")}
-    if dry_run:
-        print(logged)
-        return logged
-    root = workspace()
-    with stage_run("data", logged) as run:
-        if section.source == "synthetic":
-            metrics = make_synthetic(root / RAW, section, params.seed, params.split.test_fraction, progress=progress)
-        else:
-            metrics = index_folder(root / RAW, section)
-        write_json(root / METRICS / "data.json", metrics)
-        sheet = sample_sheet(root / RAW, root / REPORTS / "data_samples.png")
-        run.log_metrics(metrics)
-        if sheet is not None:
-            run.log_artifact(sheet)
-    return metrics
+def run(ctx: StageContext) -> StageResult:
+    section, raw = ctx.section, ctx.root / RAW
+    if section.source == "synthetic":
+        summary = make_synthetic(raw, section, ctx.params.seed, ctx.params.split.test_fraction, progress=ctx.progress)
+    else:
+        summary = index_folder(raw, section, ctx.root)
+    sheet = sample_sheet(raw, ctx.root / REPORTS / "data_samples.png")
+    return StageResult(metrics={k: v for k, v in summary.items() if k not in TIMINGS},
+                       timings={k: v for k, v in summary.items() if k in TIMINGS},
+                       artifacts=[sheet] if sheet is not None else [])
 
+
+STAGE = Stage("data", run, sections=("seed", "split", "data"))
 
 if __name__ == "__main__":
-    from pipeline.cli import stage_main
-
-    stage_main(main)
+    STAGE.main()

@@ -53,7 +53,7 @@ def test_dry_run_runs_nothing(tmp_path, monkeypatch):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params.yaml").write_text("data:\n  n_identities: 3\n")
     result = runner.invoke(app, ["data", "--dry-run"])
-    assert result.exit_code == 0 and "'n_identities': 3" in result.output
+    assert result.exit_code == 0 and "n_identities: 3" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
 
 

@@ -364,12 +364,13 @@ def test_find_tracks_and_crop_tracks_in_memory():
     t, b = kept[0]
     assert (t.start, t.end) == (0, 39)
     assert b[2] - b[0] == b[3] - b[1]
-    results = crop_tracks(frames, bright_square_detector, size=32, min_frames=19)
+    results = crop_tracks(frames, bright_square_detector, size=32, min_frames=18)
     assert [(r.track_index, r.start, r.end) for r in results] == [(0, 0, 39), (1, 0, 19)]
     assert results[0].frames.shape == (40, 32, 32, 3) and results[0].frames.dtype == np.uint8
     assert results[1].frames[:, 16, 16].min() > 200  # the square sits in the middle of its crop
-    # min_frames is exclusive ("more than"): a 20-frame track needs min_frames <= 19
-    assert len(find_tracks(frames, bright_square_detector, min_frames=20)) == 1
+    # FOMM's rule, end - start > min_frames: the track of frames 0-19 (end - start = 19) needs min_frames <= 18
+    assert len(find_tracks(frames, bright_square_detector, min_frames=19)) == 1
+    assert len(find_tracks(frames, bright_square_detector, min_frames=18)) == 2
 
 
 def test_crop_videos_writes_crops_and_survives_bad_inputs(tmp_path):
@@ -395,7 +396,7 @@ def test_crop_videos_writes_crops_and_survives_bad_inputs(tmp_path):
     assert bad["tracks"] == [] and "a_corrupt.mp4" in bad["reason"] and "corrupt" in bad["reason"]
     assert by["c_noface.mp4"]["tracks"] == [] and "no face detected" in by["c_noface.mp4"]["reason"]
     short = by["d_short.mp4"]
-    assert short["tracks"] == [] and "longest has 10 frames" in short["reason"] and "min_frames=25" in short["reason"]
+    assert short["tracks"] == [] and "longest spans 5-14" in short["reason"] and "min_frames=25" in short["reason"]
 
     two = by["b_two.mp4"]
     assert two["reason"] is None and two["fps"] == 25 and two["frames"] == 36 and two["size"] == [128, 96]

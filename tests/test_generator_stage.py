@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dataset import SplitArrays
-from pipeline.generator import (WarmupConfig, WarmupEncoder, evaluate_reconstruction, fit_mapping, mean_colour_baseline,
+from pipeline.config import GeneratorParams
+from pipeline.generator import (WarmupEncoder, evaluate_reconstruction, fit_mapping, mean_colour_baseline,
                                 mmd, reconstruction_loss, sample, sample_statistics, to_tensor, to_uint8,
                                 train_autoencoder)
 from pipeline.models.stylegan2 import Generator
+from pipeline.store import SplitArrays
 
 
 def _tiny_generator():
@@ -77,8 +78,8 @@ def test_mapping_fit_moves_samples_towards_the_codes():
 def test_warmup_reduces_the_reconstruction_loss():
     G = _tiny_generator()
     E = WarmupEncoder(16, 16, G.n_latent, width=8)
-    cfg = WarmupConfig(iters=40, batch_size=8, lr=0.005, feature_weight=1.0, offset_weight=1.0, seed=0)
-    history = train_autoencoder(G, E, _blobs(), cfg, progress=False, log_every=5)
+    cfg = GeneratorParams(iters=40, batch_size=8, lr=0.005, feature_weight=1.0, offset_weight=1.0)
+    history = train_autoencoder(G, E, _blobs(), cfg, seed=0, progress=False, log_every=5)
     assert history[-1]["rec"] < 0.7 * history[0]["rec"]
 
 
@@ -118,10 +119,9 @@ def test_stage_converts_a_rosinality_checkpoint(tmp_path, monkeypatch, real_para
     import hashlib
     import json
 
-    import yaml
-
+    from pipeline.config import validate_params
     from pipeline.models.stylegan2_formats import load_generator, to_rosinality_checkpoint
-    from stages import generator as stage
+    from stages.generator import STAGE
 
     G = _tiny_generator()
     G.latent_avg.copy_(G.mean_latent(256)[0])
@@ -130,13 +130,10 @@ def test_stage_converts_a_rosinality_checkpoint(tmp_path, monkeypatch, real_para
     real_params["assets"]["tiny_rosinality"] = {"path": str(ckpt), "source": "made by the test", "used_by": ["generator"],
                                                 "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
     real_params["generator"].update(source="rosinality", checkpoint="tiny_rosinality")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(real_params))
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    metrics = stage.main(progress=False)
+    metrics = STAGE.execute(params=validate_params(real_params), root=tmp_path, progress=False)
     assert metrics["source"] == "rosinality" and metrics["resolution"] == 16 and metrics["samples"]["finite"]
-    assert json.loads((tmp_path / "metrics" / "generator.json").read_text())["checkpoint"] == str(ckpt)
+    assert json.loads((tmp_path / "metrics" / "generator.json").read_text())["checkpoint"] == ckpt.name
     assert (tmp_path / "reports" / "generator" / "samples.png").is_file()
     converted = load_generator(tmp_path / "models" / "generator.pt", "native")
     w = torch.randn(2, G.n_latent, 16)
@@ -149,5 +146,5 @@ def test_stage_converts_a_rosinality_checkpoint(tmp_path, monkeypatch, real_para
     from pipeline.assets import AssetError
 
     with pytest.raises(AssetError, match="different file"):
-        stage.main(progress=False)
+        STAGE.execute(params=validate_params(real_params), root=tmp_path, progress=False)
     assert not (tmp_path / "models" / "generator.pt").exists()

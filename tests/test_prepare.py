@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import PrepareParams
-from pipeline.prepare import PrepareError, clips_dir, prepare, sample_frames, summarize
+from pipeline.prepare import PrepareError, prepare, sample_frames, summarize
+from pipeline.store import RAW_INDEX, PreparedStore
 from pipeline.split import SplitError, split_identities
 from pipeline.video import write_video
 
@@ -40,8 +41,8 @@ def _face_video(folder, name, n=12, hw=(64, 80), box_at=lambda t: (20 + t, 16, 4
 
 def _index(folder, rows):
     table = pd.DataFrame(rows, columns=["path", "identity", "clip", "kind", "motion_from", "truth"])
-    table.to_csv(folder / "index.csv", index=False)
-    return folder / "index.csv"
+    table.to_csv(folder / RAW_INDEX, index=False)
+    return folder  # the raw folder, as `prepare` takes it
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_prepare_crops_follow_the_known_boxes(world, tmp_path):
     # the crop shows skin where the face is: centre pixel is skin-coloured, not background blue
     assert frames[0, 16, 16, 0] > 150
     assert 0 < masks.mean() < 1
-    metrics = summarize(manifest, outcomes, clips_dir(tmp_path / "prepared"))
+    metrics = summarize(manifest, outcomes, PreparedStore(tmp_path / "prepared"))
     assert metrics["videos"] == {"total": 8, "kept": 8, "rejected": 0, "skipped": 0}
     assert metrics["frames"]["train"] + metrics["frames"]["test"] == manifest["stored_frames"].sum()
 
@@ -179,13 +180,13 @@ def test_bad_inputs_get_reasons_and_the_rest_is_prepared(world, tmp_path):
     by_clip = {o.clip: o for o in outcomes}
     assert by_clip["corrupt"].reason_kind == "unreadable" and "corrupt.mp4" in by_clip["corrupt"].reason
     assert by_clip["gray"].reason_kind == "grayscale"
-    assert by_clip["short"].reason_kind == "short_tracks" and "longest: 3 frames" in by_clip["short"].reason
+    assert by_clip["short"].reason_kind == "short_tracks" and "longest: frames 0-2" in by_clip["short"].reason
     assert by_clip["noface"].reason_kind == "no_face"
     assert by_clip["real"].reason_kind == "no_truth"
     assert by_clip["vfr"].status == "kept" and "variable frame rate" in by_clip["vfr"].notes[0]
     assert by_clip["odd"].status == "kept" and "odd frame size 81x63" in by_clip["odd"].notes[0]
     assert set(manifest["clip"]) == {r[2] for r in rows[:8]} | {"vfr", "odd"}
-    metrics = summarize(manifest, outcomes, clips_dir(tmp_path / "prepared"))
+    metrics = summarize(manifest, outcomes, PreparedStore(tmp_path / "prepared"))
     assert metrics["reasons"] == {"unreadable": 1, "grayscale": 1, "short_tracks": 1, "no_face": 1, "no_truth": 1}
     assert set(metrics["rejected"]) == {by_clip[c].video for c in ("corrupt", "gray", "short", "noface", "real")}
 
@@ -220,15 +221,14 @@ def test_cross_renders_are_kept_only_inside_the_test_split(world, tmp_path):
 
 
 def test_load_split_returns_the_truth_of_the_stored_frames(world, tmp_path):
-    from pipeline.dataset import load_split
+    from pipeline.store import load_split
 
     raw, rows = world
     prepare(_index(raw, rows), tmp_path / "prepared", PARAMS, seed=0, test_fraction=TEST_FRACTION,
             landmarks_model=None, progress=False)
     for split in ("train", "test"):
         data = load_split(tmp_path / "prepared", split, with_truth=True)
-        stored = np.concatenate([np.load(clips_dir(tmp_path / "prepared") / c / "frame_index.npy")
-                                 for c in dict.fromkeys(data.clip_ids)])
+        stored = np.concatenate([PreparedStore(tmp_path / "prepared").frame_index(c) for c in dict.fromkeys(data.clip_ids)])
         assert {k: v.shape for k, v in data.truth.items()} == {"expression": (len(data), 7), "pose": (len(data), 3),
                                                                "gaze": (len(data), 2)}
         assert np.array_equal(data.truth["pose"][:, 0], stored)  # the pose's yaw was the frame number

@@ -390,7 +390,7 @@ def test_native_round_trip(tmp_path):
     assert H.checkpoint_info["extra"]["step"] == 7 and torch.equal(H.checkpoint_info["extra"]["ema"][1], torch.ones(2))
     assert H.fused_modconv is None
     obj = torch.load(tmp_path / "g.ckpt", weights_only=True)
-    assert obj["format"] == "reenact-stylegan2" and obj["version"] == 1
+    assert obj["format"] == "reenact-checkpoint" and obj["version"] == 1 and obj["kind"] == "stylegan2"
     assert not list(tmp_path.glob(".*tmp*"))  # atomic: no temporary left behind
     with pytest.raises(CheckpointError, match="conv_clamp"):
         to_rosinality_checkpoint(G)

@@ -114,7 +114,7 @@ def _analyzer(tmp_path, resolution=32):
     mean, std = np.arange(N_TARGETS, dtype=np.float32), np.full(N_TARGETS, 2.0, np.float32)
     facts = {"target_mean": mean.tolist(), "target_std": std.tolist(), "train_identities": ["a", "b"]}
     path = tmp_path / "models" / "analyzer.pt"
-    save_checkpoint(path, net, facts, threshold=0.4, extra={"seed": 0})
+    save_checkpoint(path, net, facts, threshold=0.4, params={}, seed=0)
     return net, path
 
 
@@ -158,17 +158,24 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
         ToyAnalyzer.load(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(BackendError, match="not a readable toy analyzer checkpoint"):
+    with pytest.raises(BackendError, match="cannot be read as a torch checkpoint.*dvc repro analyzer"):
         ToyAnalyzer.load(bad)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(BackendError, match="not a toy analyzer checkpoint"):
+    with pytest.raises(BackendError, match="not a reenact-checkpoint checkpoint.*dvc repro analyzer"):
         ToyAnalyzer.load(foreign)
+    from pipeline.models.stylegan2 import Generator
+    from pipeline.models.stylegan2_formats import save_native
+
+    save_native(Generator(resolution=8, style_dim=8, n_mlp=1, channel_max=8), tmp_path / "g.pt")
+    with pytest.raises(BackendError, match="a checkpoint of kind 'stylegan2', expected 'toy-analyzer'"):
+        ToyAnalyzer.load(tmp_path / "g.pt")
 
 
 def test_training_learns_identity_and_pose_on_a_small_world():
     """A few hundred steps on 6 rendered identities: identities separate and pose fits far below the mean guess."""
-    from pipeline.analysis.toy import TrainConfig, train
+    from pipeline.analysis.toy import train
+    from pipeline.config import AnalyzerParams
     from pipeline.synth import render_clip
     from pipeline.synth.face import sample_identity
     from pipeline.synth.motion import sample_motion
@@ -188,7 +195,8 @@ def test_training_learns_identity_and_pose_on_a_small_world():
     truth = {k: np.concatenate(v) for k, v in truth.items()}
     torch.manual_seed(0)
     net = ToyFaceNet(32, width=8, embedding_dim=16)
-    facts, history = train(frames, who, truth, net, TrainConfig(iters=300, batch_size=32, lr=0.003), progress=False)
+    facts, history = train(frames, who, truth, net, AnalyzerParams(iters=300, batch_size=32, lr=0.003), seed=0,
+                           progress=False)
     toy = ToyAnalyzer(net, facts["target_mean"], facts["target_std"])
     with torch.no_grad():
         emb = toy.identity(frames)

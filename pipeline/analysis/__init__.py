@@ -32,13 +32,15 @@ import torch
 if TYPE_CHECKING:
     from pipeline.config import Params
 
+from pipeline.errors import UserError
+
 BACKENDS = ("toy", "arcface", "dlib", "pyfeat")
 IDENTITY_BACKENDS = ("toy", "arcface", "dlib")  # pyfeat's identity model is not offered (see pyfeat.py)
 MOTION_BACKENDS = ("toy", "dlib", "pyfeat")
 DIFFERENTIABLE_BACKENDS = ("toy", "arcface")  # torch networks: usable as the training ID loss
 
 
-class BackendError(ValueError):
+class BackendError(UserError, ValueError):
     """A backend cannot be built or cannot answer a question; the message names the fix."""
 
 
@@ -170,7 +172,7 @@ def load_analyzer(name: str, params: "Params", root: Path | None = None, device:
     if name == "toy":
         from pipeline.analysis.toy import ToyAnalyzer
 
-        return ToyAnalyzer.load(root / ToyAnalyzer.CHECKPOINT, device=device)
+        return ToyAnalyzer.load(root / ToyAnalyzer.CHECKPOINT, device=device, root=root)
     if name == "arcface":
         from pipeline.analysis.arcface import ArcFaceAnalyzer
 

@@ -20,15 +20,19 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.crop import CHUNK, DEFAULT_MAX_GAP, VIDEO_EXTENSIONS, crop_and_resize, find_tracks, square_crop_box
+from pipeline.errors import UserError
+from pipeline.config import VIDEO_EXTENSIONS, PrepareParams
+from pipeline.crop import CHUNK, CropPlan, crop_and_resize, detect_tracks, square_crop_box, track_crops
 from pipeline.faces import largest_box
-from pipeline.video import VideoError, iter_frames
+from pipeline.video import VideoError, frame_rate, iter_frames
+
+_DEFAULTS = PrepareParams()  # crop settings as `prepare` uses them
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff")
 _KINDS = f"an image ({', '.join(IMAGE_EXTENSIONS)}) or a video ({', '.join(VIDEO_EXTENSIONS)})"
 
 
-class AnalyzeInputError(ValueError):
+class AnalyzeInputError(UserError, ValueError):
     """An input to `reenact analyze` cannot be used; the message names the file and the fix."""
 
 
@@ -99,9 +103,9 @@ def load_faces(
     detector: Callable[[np.ndarray], np.ndarray] | None = None,  # frame -> boxes [K, 4]; default DlibDetector()
     *,
     crop: bool = True,  # False: the input already is an aligned face crop, only resize
-    increase: float = 0.1,  # FOMM's enlargement of the face box per side (as `prepare`)
-    iou_with_initial: float = 0.25,  # tracking (as `prepare`)
-    max_gap: int = DEFAULT_MAX_GAP,
+    increase: float = _DEFAULTS.increase,  # FOMM's enlargement of the face box per side (as `prepare`)
+    iou_with_initial: float = _DEFAULTS.iou_with_initial,  # tracking (as `prepare`)
+    max_gap: int = _DEFAULTS.max_gap,
 ) -> FaceInput:
     """The face crops of an image or a video; AnalyzeInputError (naming the input and the fix) when the file is
     missing, unreadable, or shows no face."""
@@ -140,13 +144,6 @@ def _image(path: Path, image: np.ndarray, size: int, detector, crop: bool, incre
                      None, (w, h))
 
 
-def _fps(times: list[float]) -> float:
-    # as pipeline.video.describe: the mean interval of the decoded timestamps
-    if len(times) > 1 and float(np.mean(np.diff(times))) > 0:
-        return round(1.0 / float(np.mean(np.diff(times))), 3)
-    return 25.0
-
-
 def _unreadable(path: Path, e: Exception) -> AnalyzeInputError:
     return AnalyzeInputError(
         f"cannot read {path} as a video: {e}. Give {_KINDS}; re-encode a damaged video, e.g. "
@@ -156,63 +153,40 @@ def _unreadable(path: Path, e: Exception) -> AnalyzeInputError:
 
 def _video(path: Path, size: int, detector, crop: bool, increase: float, iou_with_initial: float,
            max_gap: int) -> FaceInput:
-    times: list[float] = []
-    hw: list[tuple[int, int]] = []
-
-    def frames():
-        for t, frame in iter_frames(path):
-            times.append(t)
-            if not hw:
-                hw.append(frame.shape[:2])
-            yield frame
-
     try:
         if not crop:
-            return _video_uncropped(path, frames(), size, times, hw)
-        # first pass: detect and track (streamed: a long video is never held in memory whole)
-        kept = find_tracks(frames(), detector, min_frames=0, iou_with_initial=iou_with_initial,
-                           max_gap=max_gap, increase=increase)
-        if not times:
+            return _video_uncropped(path, size)
+        # the project's one detect -> track -> crop path (pipeline.crop), streamed; no minimum track length
+        video = detect_tracks(path, detector, iou_with_initial=iou_with_initial, max_gap=max_gap)
+        if video.n_frames == 0:
             raise AnalyzeInputError(f"{path}: zero frames decoded; give {_KINDS}")
+        kept = video.kept(min_frames=-1, increase=increase)
         if not kept:
-            raise _no_face(path, f"in any of its {len(times)} frames")
+            raise _no_face(path, f"in any of its {video.n_frames} frames")
         track, box = max(kept, key=lambda tb: (tb[0].n_frames, len(tb[0].boxes),
                                                float(np.prod(tb[0].union_box[2:] - tb[0].union_box[:2]))))
-        # second pass: crop the track's frames with its one box
-        out, buf = [], []
-        for i, (_, frame) in enumerate(iter_frames(path)):
-            if i > track.end:
-                break
-            if i >= track.start:
-                buf.append(frame)
-            if len(buf) == CHUNK:
-                out.append(crop_and_resize(np.stack(buf), box, size))
-                buf = []
-        if buf:
-            out.append(crop_and_resize(np.stack(buf), box, size))
+        crops = [crop for _, _, crop, _ in track_crops(video, [CropPlan(track, box)], size)]
     except VideoError as e:
         raise _unreadable(path, e) from e
-    crops = np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
-    if len(crops) != track.n_frames:
-        raise AnalyzeInputError(f"{path}: the video gave {len(crops)} frames of track {track.start}-{track.end} on "
-                                f"the second read; re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4)")
-    h, w = hw[0]
-    return FaceInput(path, "video", crops, np.arange(track.start, track.end + 1, dtype=np.int64),
-                     [int(v) for v in box], _fps(times), (w, h))
+    h, w = video.frame_hw
+    return FaceInput(path, "video", np.stack(crops), np.arange(track.start, track.end + 1, dtype=np.int64),
+                     [int(v) for v in box], video.fps, (w, h))
 
 
-def _video_uncropped(path: Path, frames, size: int, times: list[float], hw: list) -> FaceInput:
-    out, buf = [], []
-    for frame in frames:
+def _video_uncropped(path: Path, size: int) -> FaceInput:
+    out, buf, times, hw = [], [], [], None
+    for t, frame in iter_frames(path):
+        times.append(t)
+        hw = hw or frame.shape[:2]
         buf.append(frame)
         if len(buf) == CHUNK:
-            out.append(crop_and_resize(np.stack(buf), _centre_square(*hw[0]), size))
+            out.append(crop_and_resize(np.stack(buf), _centre_square(*hw), size))
             buf = []
     if buf:
-        out.append(crop_and_resize(np.stack(buf), _centre_square(*hw[0]), size))
+        out.append(crop_and_resize(np.stack(buf), _centre_square(*hw), size))
     if not out:
         raise AnalyzeInputError(f"{path}: zero frames decoded; give {_KINDS}")
     crops = np.concatenate(out)
-    h, w = hw[0]
+    h, w = hw
     return FaceInput(path, "video", crops, np.arange(len(crops), dtype=np.int64), _centre_square(h, w),
-                     _fps(times), (w, h))
+                     frame_rate(times)[0], (w, h))

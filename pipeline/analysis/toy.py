@@ -21,10 +21,9 @@ InsightFace) the target logit continues linearly there: s * (cos(theta_y) - m * 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,10 +32,15 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.analysis import BackendError, FaceAnalyzer, MotionFeatures, as_images
+from pipeline.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_state
+from pipeline.paths import ANALYZER_CHECKPOINT
+
+if TYPE_CHECKING:
+    from pipeline.config import AnalyzerParams
+from pipeline.checkpoint import save_checkpoint as save_checkpoint_file
 from pipeline.synth.face import EXPRESSION_NAMES, GAZE_NAMES, POSE_NAMES
 
-FORMAT = "reenact-toy-analyzer"
-VERSION = 1
+CHECKPOINT_KIND = "toy-analyzer"  # in the project's one checkpoint format (pipeline.checkpoint)
 TARGET_GROUPS = (("pose", POSE_NAMES), ("gaze", GAZE_NAMES), ("expression", EXPRESSION_NAMES))
 N_TARGETS = sum(len(names) for _, names in TARGET_GROUPS)
 
@@ -93,18 +97,6 @@ class ArcMarginHead(nn.Module):
         return self.scale * torch.where(target, cos_margin, cos)
 
 
-@dataclass
-class TrainConfig:
-    iters: int = 2000
-    batch_size: int = 64
-    lr: float = 0.002
-    margin: float = 0.5
-    scale: float = 30.0
-    motion_weight: float = 10.0
-    augment: bool = True
-    seed: int = 0
-
-
 def _mirror_map() -> tuple[torch.Tensor, torch.Tensor]:
     """(permutation, sign) of the 12 target channels under a left-right image mirror: yaw, roll and gaze_yaw
     change sign, blink_left and blink_right (image-left / -right eye) swap; the rest stay."""
@@ -159,10 +151,12 @@ def train(
     identities: np.ndarray,  # [N] identity labels
     truth: dict[str, np.ndarray],  # renderer labels: pose [N, 3], gaze [N, 2], expression [N, 7]
     net: ToyFaceNet,
-    cfg: TrainConfig,
+    params: "AnalyzerParams",  # params.yaml `analyzer` (iters, batch_size, lr, margin, scale, motion_weight, augment)
+    seed: int,
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict]]:
     """Train `net` in place; returns (normalisation and class facts for the checkpoint, per-step history)."""
+    cfg = params
     classes, labels = np.unique(identities, return_inverse=True)
     targets = targets_of(truth)
     mean, std = targets.mean(axis=0), targets.std(axis=0)
@@ -172,14 +166,13 @@ def train(
     y_raw = torch.from_numpy(targets)
     t_mean, t_std = torch.from_numpy(mean), torch.from_numpy(std)
     head = ArcMarginHead(net.embedding_dim, len(classes), cfg.margin, cfg.scale)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     params = list(net.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.iters, pct_start=0.1)
     net.train()
     history: list[dict] = []
-    start = time.perf_counter()
     steps = tqdm(range(cfg.iters), desc="analyzer", disable=not progress, mininterval=2.0)
     for step in steps:
         idx = torch.randint(len(x_all), (cfg.batch_size,), generator=generator)
@@ -200,7 +193,7 @@ def train(
             with torch.no_grad():
                 accuracy = (logits.argmax(1) == y_id[idx]).float().mean().item()  # with the margin: a lower bound
             history.append({"step": step, "loss_identity": round(loss_id.item(), 5), "loss_motion": round(loss_motion.item(), 5),
-                            "train_accuracy_with_margin": round(accuracy, 4), "seconds": round(time.perf_counter() - start, 2)})
+                            "train_accuracy_with_margin": round(accuracy, 4)})
             steps.set_postfix(id=f"{loss_id.item():.3f}", motion=f"{loss_motion.item():.3f}")
     net.eval()
     facts = {"target_mean": mean.tolist(), "target_std": std.tolist(), "train_identities": classes.tolist()}
@@ -210,7 +203,7 @@ def train(
 class ToyAnalyzer(FaceAnalyzer):
     """Backend "toy": the `analyzer` stage's ToyFaceNet (frozen, eval mode; identity differentiable)."""
 
-    CHECKPOINT = Path("models/analyzer.pt")  # written by the `analyzer` stage, relative to the workspace
+    CHECKPOINT = ANALYZER_CHECKPOINT  # written by the `analyzer` stage, relative to the workspace
     name = "toy"
     differentiable = True
     distance_name = "cosine"
@@ -250,7 +243,8 @@ class ToyAnalyzer(FaceAnalyzer):
         return dict(self._weights)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "ToyAnalyzer":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", root: str | Path | None = None) -> "ToyAnalyzer":
+        """The analyzer in `path`; its weights are described by the path relative to `root` (the workspace)."""
         from pipeline.assets import sha256_of
         from pipeline.paths import workspace
 
@@ -259,33 +253,64 @@ class ToyAnalyzer(FaceAnalyzer):
             raise BackendError(f"toy analyzer weights not found: {path}. They are trained by the `analyzer` stage: "
                                f"run `dvc repro analyzer` (or `reenact analyzer`) in the workspace first")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a corrupt or foreign file: say which and what to do
-            raise BackendError(f"{path}: not a readable toy analyzer checkpoint ({e}); re-run `dvc repro analyzer`") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise BackendError(f"{path}: not a toy analyzer checkpoint (format {FORMAT!r} expected); re-run `dvc repro analyzer`")
-        if ckpt.get("version") != VERSION:
-            raise BackendError(f"{path}: toy analyzer checkpoint version {ckpt.get('version')}, this code reads {VERSION}; "
-                               f"re-run `dvc repro analyzer`")
-        arch = ckpt["architecture"]
+            ckpt = load_checkpoint(path, CHECKPOINT_KIND, hint="re-run `dvc repro analyzer`")
+        except CheckpointError as e:
+            raise BackendError(str(e)) from None
+        arch = ckpt.config["architecture"]
         net = ToyFaceNet(arch["resolution"], arch["width"], arch["embedding_dim"])
-        net.load_state_dict(ckpt["state_dict"], strict=True)
         try:
-            shown = str(path.resolve().relative_to(workspace().resolve()))
+            load_state(net, ckpt, "net", str(path))
+        except CheckpointError as e:
+            raise BackendError(f"{e}; re-run `dvc repro analyzer`") from None
+        facts = ckpt.extra
+        try:
+            shown = path.resolve().relative_to(Path(root or workspace()).resolve()).as_posix()
         except ValueError:
             shown = str(path)
-        return cls(net, ckpt["target_mean"], ckpt["target_std"], ckpt.get("threshold"), {shown: sha256_of(path)}, device)
+        return cls(net, facts["target_mean"], facts["target_std"], facts.get("threshold"), {shown: sha256_of(path)}, device)
 
 
-def save_checkpoint(path: Path, net: ToyFaceNet, facts: dict[str, Any], threshold: float | None, extra: dict[str, Any]) -> None:
-    """models/analyzer.pt, written atomically: weights, architecture, label normalisation, decision threshold."""
-    from pipeline.io import save_torch
+def save_checkpoint(path: Path, net: ToyFaceNet, facts: dict[str, Any], threshold: float | None,
+                    params: dict[str, Any], seed: int) -> None:
+    """models/analyzer.pt in the project's checkpoint format: weights, architecture and the `analyzer` params it
+    was trained with (config), label normalisation, training identities and decision threshold (extra)."""
+    config = {"architecture": {"resolution": net.resolution, "width": net.width, "embedding_dim": net.embedding_dim},
+              "params": params, "seed": seed}
+    save_checkpoint_file(path, Checkpoint(kind=CHECKPOINT_KIND, config=config, state={"net": net.state_dict()},
+                                          extra={**facts, "threshold": threshold}))
 
-    ckpt = {
-        "format": FORMAT, "version": VERSION,
-        "architecture": {"resolution": net.resolution, "width": net.width, "embedding_dim": net.embedding_dim},
-        "state_dict": net.state_dict(),
-        "threshold": threshold,
-        **facts, **extra,
+
+@dataclass
+class TrainedAnalyzer:
+    analyzer: "ToyAnalyzer"
+    facts: dict[str, Any]  # label normalisation and training identities (the checkpoint's extra)
+    history: list[dict]
+    metrics: dict[str, Any]  # train / heldout parts of metrics/analyzer.json
+    predicted: MotionFeatures  # on the held-out frames, for the figure
+    distances: dict[str, np.ndarray]  # same / different identity pair distances, for the figure
+
+
+def train_analyzer(params: "AnalyzerParams", seed: int, train_split, test_split, progress: bool = True) -> TrainedAnalyzer:
+    """Train a ToyFaceNet on the training identities (pipeline.store.SplitArrays with truth) and score it on the
+    held-out ones: verification accuracy, pose / gaze MAE and expression correlations against the training-mean
+    baseline (pipeline.analysis.quality)."""
+    from pipeline.analysis.quality import identity_quality, motion_quality
+
+    torch.manual_seed(seed)
+    net = ToyFaceNet(train_split.frames.shape[1], params.width, params.embedding_dim)
+    facts, history = train(train_split.frames, train_split.identities, train_split.truth, net, params, seed, progress)
+    analyzer = ToyAnalyzer(net, facts["target_mean"], facts["target_std"])
+    verification, distances = identity_quality(analyzer, test_split.frames, test_split.identities,
+                                               test_split.clip_ids, params.eval_pairs, seed)
+    analyzer.threshold = verification["threshold"]
+    predicted = analyzer.motion(test_split.frames)
+    mean = np.asarray(facts["target_mean"], dtype=np.float32)
+    offsets = np.cumsum([0] + [len(names) for _, names in TARGET_GROUPS])
+    train_mean = {group: mean[a:b] for (group, _), a, b in zip(TARGET_GROUPS, offsets[:-1], offsets[1:])}
+    metrics = {
+        "train": {"identities": len(facts["train_identities"]), "frames": len(train_split), "iters": params.iters,
+                  "final_loss_identity": history[-1]["loss_identity"], "final_loss_motion": history[-1]["loss_motion"]},
+        "heldout": {"identities": int(len(np.unique(test_split.identities))), "frames": len(test_split),
+                    "verification": verification, **motion_quality(predicted, test_split.truth, train_mean)},
     }
-    save_torch(path, ckpt)
+    return TrainedAnalyzer(analyzer, facts, history, metrics, predicted, distances)

@@ -12,8 +12,9 @@ Formats
 - "nvidia": a stylegan2-ada-pytorch pickle, converted by `pipeline.models.stylegan2_nvidia.read_nvidia_pickle`
   (a restricted unpickler, no foreign code) into (config, rosinality-style state dict, latent_avg), then
   loaded by `generator_from_rosinality_state` like a rosinality checkpoint.
-- "native": ours, `{"format": "reenact-stylegan2", "version": 1, "config": G.config, "state_dict": ...,
-  "latent_avg": ..., "extra": ...}`, written atomically by `save_native`, read with weights_only=True.
+- "native": the project's one checkpoint format (pipeline.checkpoint) of kind "stylegan2": config = G.config,
+  state = {"G": state dict, "latent_avg": {"latent_avg": tensor}}, extra = the caller's plain data; written
+  atomically by `save_native`, read with weights_only=True.
 
 Every failure is a `CheckpointError` (a ValueError) whose message names the file and says what was found and
 what was expected.
@@ -34,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.io import save_torch
+from pipeline.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from pipeline.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.models.state import few as _few
 from pipeline.models.state import state_dict_problems
 from pipeline.models.stylegan2 import (
@@ -46,17 +48,12 @@ from pipeline.models.stylegan2 import (
 )
 
 FORMATS = ("rosinality", "nvidia", "native")
-NATIVE_FORMAT = "reenact-stylegan2"
-NATIVE_VERSION = 1
+NATIVE_KIND = "stylegan2"  # the kind of our native generator checkpoints (pipeline.checkpoint)
 CONFIG_KEYS = tuple(p for p in inspect.signature(Generator.__init__).parameters if p != "self")
 CONFIG_DEFAULTS = {
     k: p.default for k, p in inspect.signature(Generator.__init__).parameters.items() if p.default is not inspect.Parameter.empty
 }
 LATENT_AVG_SAMPLES = 4096  # z samples for the latent_avg estimate when a checkpoint has none
-
-
-class CheckpointError(ValueError):
-    """A generator checkpoint cannot be used; the message names the file, what was found and what was expected."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -156,8 +153,8 @@ def _rosinality_parts(obj: Any, where: str) -> tuple[dict, Tensor | None]:
         state, latent_avg = obj["g_ema"], obj.get("latent_avg")
     elif "style.1.weight" in obj:  # a bare g_ema state dict
         state, latent_avg = obj, None
-    elif obj.get("format") == NATIVE_FORMAT:
-        raise CheckpointError(f"{where}: this is a native {NATIVE_FORMAT} checkpoint; load it with format 'native'")
+    elif obj.get("format") == CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{where}: this is a native checkpoint of this project; load it with format 'native'")
     else:
         raise CheckpointError(f"{where}: no 'g_ema' in the checkpoint (keys found: {_few(sorted(map(str, obj)))})")
     if not isinstance(state, Mapping):
@@ -168,17 +165,16 @@ def _rosinality_parts(obj: Any, where: str) -> tuple[dict, Tensor | None]:
 
 
 def _load_native(path: Path, resolution: int | None) -> tuple[Generator, Any]:
-    obj = _torch_load(path)
-    if not isinstance(obj, Mapping) or obj.get("format") != NATIVE_FORMAT:
-        keys = _few(sorted(map(str, obj))) if isinstance(obj, Mapping) else type(obj).__name__
-        hint = " (it looks like a rosinality checkpoint: use format 'rosinality')" if isinstance(obj, Mapping) and "g_ema" in obj else ""
-        raise CheckpointError(f"{path}: not a native {NATIVE_FORMAT} checkpoint, found {keys}{hint}")
-    version = obj.get("version")
-    if not isinstance(version, int) or version > NATIVE_VERSION:
-        raise CheckpointError(f"{path}: native checkpoint version {version!r}, this code reads versions <= {NATIVE_VERSION}")
-    config = obj.get("config")
-    if not isinstance(config, Mapping):
-        raise CheckpointError(f"{path}: native checkpoint without a config dict")
+    try:
+        ckpt = load_checkpoint(path, NATIVE_KIND, hint="write one with the `generator` stage (dvc repro generator) "
+                               "or give the format the file is in (rosinality | nvidia)")
+    except CheckpointError:
+        obj = _torch_load(path)  # say what the file is when it is a rosinality checkpoint
+        if isinstance(obj, Mapping) and "g_ema" in obj:
+            raise CheckpointError(f"{path}: not a native checkpoint; it looks like a rosinality checkpoint: use "
+                                  f"format 'rosinality'") from None
+        raise
+    config = ckpt.config
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
         raise CheckpointError(f"{path}: unknown generator config keys {unknown}; known: {', '.join(CONFIG_KEYS)}")
@@ -190,11 +186,11 @@ def _load_native(path: Path, resolution: int | None) -> tuple[Generator, Any]:
         G = Generator(**{**CONFIG_DEFAULTS, **config})
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid generator config {dict(config)}: {e}") from None
-    _load_state(G, obj.get("state_dict"), str(path))
-    latent_avg = obj.get("latent_avg")
+    _load_state(G, ckpt.state.get("G"), str(path))
+    latent_avg = ckpt.state.get("latent_avg", {}).get("latent_avg")
     if latent_avg is not None:
         _set_latent_avg(G, latent_avg, str(path))
-    return G, obj.get("extra")
+    return G, ckpt.extra or None
 
 
 def infer_rosinality_config(state_dict: Mapping[str, Any], where: str = "state dict") -> dict:
@@ -360,36 +356,11 @@ def to_rosinality_checkpoint(G: Generator, allow_lossy: bool = False) -> dict:
 
 
 def save_native(G: Generator, path: str | os.PathLike, extra: dict | None = None) -> None:
-    """Write G atomically in our format: {"format", "version", "config", "state_dict", "latent_avg", "extra"}.
+    """Write G atomically in the project's checkpoint format (kind "stylegan2", see the module docstring).
     `extra` must hold only plain data (tensors, numbers, strings, bools, None, lists, tuples, dicts with
     string keys) so that the file loads with weights_only=True."""
-    if extra is not None:
-        _check_plain(extra, "extra")
-    obj = {
-        "format": NATIVE_FORMAT,
-        "version": NATIVE_VERSION,
-        "config": dict(G.config),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in G.state_dict().items()},
-        "latent_avg": G.latent_avg.detach().cpu().clone(),
-        "extra": extra,
-    }
-    save_torch(path, obj)
-
-
-def _check_plain(obj: Any, where: str) -> None:
-    if obj is None or isinstance(obj, (bool, int, float, str, Tensor)):
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_plain(v, f"{where}[{i}]")
-        return
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{where}: keys must be strings, found {type(k).__name__} {k!r}")
-            _check_plain(v, f"{where}[{k!r}]")
-        return
-    raise TypeError(f"{where}: {type(obj).__name__} is not plain data (tensors, numbers, strings, lists, dicts)")
+    state = {"G": G.state_dict(), "latent_avg": {"latent_avg": G.latent_avg}}
+    save_checkpoint(path, Checkpoint(kind=NATIVE_KIND, config=dict(G.config), state=state, extra=extra or {}))
 
 
 # ---------------------------------------------------------------------------------------------------------

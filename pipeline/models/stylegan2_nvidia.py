@@ -92,13 +92,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.errors import UserError
+
 __all__ = ["NvidiaPickleError", "PersistentMeta", "read_nvidia_pickle"]
 
 _ROSINALITY_BASE_CHANNELS = 16384  # rosinality: channels[r] = 16384 * channel_multiplier / r (r >= 64)
 _BLUR = (1.0, 3.0, 3.0, 1.0)
 
 
-class NvidiaPickleError(ValueError):
+class NvidiaPickleError(UserError, ValueError):
     """An NVIDIA network pickle that cannot be read safely or mapped; the message names the file."""
 
 

@@ -5,7 +5,7 @@ Layout of `out_dir` (built in a temporary folder and moved into place whole):
     videos/<A>/<A>_x_<B>.mp4            cross renders: identity A with exactly clip B's motion
     truth/<clip>.npz                    render_clip's truth dict + identity_id, motion_from
     identities.json                     {identity_id: {parameter: value}}
-    index.csv                           path,identity,clip,kind,motion_from,truth,fps,n_frames
+    index.csv (pipeline.store.RAW_INDEX) path,identity,clip,kind,motion_from,truth,fps,n_frames
     world.json                          the generation settings and the summary
 
 Randomness: identity i draws from default_rng([seed, 0, i]), the motion of its clip j from
@@ -26,6 +26,7 @@ from typing import Collection
 import numpy as np
 
 from pipeline.io import atomic_dir, save_npz, write_json, write_text
+from pipeline.store import raw_index_path
 from pipeline.synth.face import Identity, sample_identity
 from pipeline.synth.motion import Motion, sample_motion
 from pipeline.synth.render import render_clip
@@ -144,7 +145,7 @@ def generate_world(
         writer = csv.DictWriter(buffer, fieldnames=INDEX_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        write_text(tmp / "index.csv", buffer.getvalue())
+        write_text(raw_index_path(tmp), buffer.getvalue())
         seconds = time.perf_counter() - start
         n_clips = sum(r["kind"] == "clip" for r in rows)
         summary = {
