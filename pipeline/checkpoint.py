@@ -7,6 +7,9 @@ A checkpoint is plain data, read with `torch.load(weights_only=True)` (no pickle
      "state": {module name: state dict}, "optimizers": {name: state dict}, "schedulers": {name: state dict},
      "step": int, "rng": the RNG states (torch, numpy, python) at `step`, or None, "extra": plain data}
 
+`state_dict_problems` checks a state dict against a module before a strict load, so the error says what does not
+fit (used here and by the loaders of foreign formats: rosinality / NVIDIA StyleGAN2, pSp's ArcFace).
+
 Written atomically and byte-reproducibly (pipeline.io.save_torch): equal contents give equal files, so a DVC
 output that is a checkpoint changes only when its numbers do. Resume = load, `load_state` each module,
 optimizer and scheduler, `restore_rng`, continue from `step + 1`.
@@ -19,7 +22,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +30,6 @@ from torch import Tensor, nn
 
 from pipeline.errors import UserError
 from pipeline.io import save_torch
-from pipeline.models.state import few, state_dict_problems
 
 FORMAT = "reenact-checkpoint"
 VERSION = 1
@@ -124,6 +126,31 @@ def load_state(module: nn.Module, ckpt: Checkpoint, name: str, where: str) -> No
         raise CheckpointError(f"{where}: the {name!r} weights do not fit the architecture in its config: "
                               + "; ".join(problems))
     module.load_state_dict(ckpt.state[name], strict=True)
+
+
+def few(items: Sequence[str], n: int = 4) -> str:
+    """The first `n` items, and how many more there are."""
+    items = list(items)
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
+
+
+def state_dict_problems(state: Mapping[str, Any], expected: Mapping[str, Tensor]) -> list[str]:
+    """Why `state` cannot load strictly into a module whose state dict is `expected` (empty: it can):
+    missing and unexpected keys, entries that are not tensors, shape mismatches."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [str(k) for k in state if k not in expected]
+    not_tensor = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
+    mismatched = [
+        f"{k}: found {list(state[k].shape)}, expected {list(v.shape)}"
+        for k, v in expected.items()
+        if isinstance(state.get(k), Tensor) and state[k].shape != v.shape
+    ]
+    problems = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("entries that are not tensors", not_tensor), ("shape mismatches", mismatched)):
+        if keys:
+            problems.append(f"{len(keys)} {label} ({few(keys)})")
+    return problems
 
 
 def _check_plain(obj: Any, where: str) -> None:

@@ -38,10 +38,15 @@ def image_grid(
             ax.set_title(titles[k], fontsize=6)
     if suptitle:
         fig.suptitle(suptitle, fontsize=8)
+    return save_png(fig, path, dpi=110)
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int) -> Path:
+    """Lay out, write atomically as PNG, close."""
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
 
@@ -90,9 +95,4 @@ def analyzer_figure(path: str | os.PathLike, predicted, truth: dict, distances: 
     ax.set_title("identity distance, held-out pairs")
     ax.legend(fontsize=8)
     fig.suptitle("analyzer: held-out identities")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=80)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.state import state_dict_problems
+from pipeline.checkpoint import state_dict_problems
 
 EMBED_DIM = 512
 # pSp's crop of a 256x256 aligned face (IDLoss.extract_feats: x[:, :, 35:223, 32:220]): 188x188 pixels.

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from pipeline.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from pipeline.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from pipeline.models.state import few as _few
-from pipeline.models.state import state_dict_problems
+from pipeline.checkpoint import few as _few
+from pipeline.checkpoint import state_dict_problems
 from pipeline.models.stylegan2 import (
     MAX_RESOLUTION,
     MIN_RESOLUTION,
