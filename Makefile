@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.frame_store
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.stylegan2_forward
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.evaluation
 
 clean-venv:
 	rm -rf $(VENV)

@@ -314,5 +314,63 @@ def _analyze_compare(backend: str, a: Path, b: Path, crop: bool, params_path: Op
     return lines
 
 
+@app.command()
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="folder of the method's output videos (mp4, ... or .npy frame arrays)"),
+    driving: Path = typer.Option(..., "--driving", help="folder of the driving videos, named like the predictions"),
+    out: Path = typer.Option(..., "--out", help="output JSON: aggregate (mean, std, ci95, n), per_video, networks, missing"),
+    source: Optional[Path] = typer.Option(
+        None, "--source", help="folder of source frames (images, or videos: their first frame), named like the "
+                               "predictions; default for --protocol same: the first driving frame"),
+    protocol: str = typer.Option("same", "--protocol", help="same | cross | robustness (preds named <driving>__<tag>)"),
+    metrics: str = typer.Option("paper", "--metrics",
+                                help="paper (the protocol's table in the paper) | params (params.yaml evaluate.metrics) | "
+                                     "a comma list of names"),
+    target: Optional[Path] = typer.Option(None, "--target", help="folder of ground-truth cross renders (*_gt metrics)"),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks",
+                                             help="folder of <driving>.npy [T, 68, 2] landmarks for FVD_M (default: dlib)"),
+    identity_backend: Optional[str] = typer.Option(
+        None, "--identity-backend", help="l_id network: arcface | dlib | toy (default: arcface for --metrics paper, "
+                                         "else params analysis.identity_metric)"),
+    motion_backend: Optional[str] = typer.Option(
+        None, "--motion-backend", help="rho_* analyser: pyfeat | dlib | toy (default: pyfeat for --metrics paper, else "
+                                       "params analysis.motion_metric)"),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="first N frames per video (default: params)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="frames per network call"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N] (default: params)"),
+    references: Optional[bool] = typer.Option(None, "--references/--no-references",
+                                              help="also score copy-the-source / copy-the-driving rows"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip unusable videos (recorded with the reason) instead of failing"),
+    paired_with: Optional[Path] = typer.Option(None, "--paired-with", help="another method's evaluation JSON: paired tests"),
+    params_path: Optional[Path] = typer.Option(None, "--params", help="params file (default: the workspace's params.yaml)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
+) -> None:
+    """Score any method's re-enactment videos with the paper's metrics (Tables 1-3), with bootstrap 95% CIs."""
+    from pipeline.config import load_params
+    from pipeline.evaluation.api import evaluate_videos
+    from pipeline.io import write_json
+
+    params = _run(load_params, params_path)
+    paper = metrics == "paper"
+    result = _run(
+        evaluate_videos, pred, driving, source=source, target=target, landmarks=landmarks, protocol=protocol,
+        metrics=metrics, params=params, skip_bad=skip_bad, paired_with=paired_with,
+        identity_backend=identity_backend or ("arcface" if paper else None),
+        motion_backend=motion_backend or ("pyfeat" if paper else None),
+        max_frames=max_frames, batch_size=batch_size, device=device, references=references, progress=progress,
+    )
+    write_json(out, result)
+    for name, agg in result["aggregate"].items():
+        ci = agg["ci95"]
+        typer.echo(f"{name:10s} {agg['mean']}  ci95 [{ci[0]}, {ci[1]}]  n={agg['n']}")
+    for name, reason in result["missing"].items():  # the first line; the whole reason is in the JSON
+        first = reason.splitlines()[0]
+        more = " ..." if len(first) > 200 or len(reason.splitlines()) > 1 else ""
+        typer.echo(f"{name:10s} missing: {first[:200]}{more}")
+    if result["skipped"]:
+        typer.echo(f"{len(result['skipped'])} skipped (see 'skipped' in {out})")
+    typer.echo(f"{out}: {len(result['per_video'])} video(s), {result['frames']} frame(s), protocol {protocol}")
+
+
 if __name__ == "__main__":
     app()

@@ -120,9 +120,25 @@ class AnalysisParams(_Section):
     motion_metric: Literal["toy", "dlib", "pyfeat"] = "toy"  # pose / gaze / expression correlations
 
 
-class AnalyzerParams(_Section):
-    """The toy world's face analysis network (pipeline/analysis/toy.py), trained on the prepared frames."""
+class AnalyzerWorld(_Section):
+    """The synthetic world the toy analyzer trains on (source: train): its own seed, so that its identities are
+    disjoint from the evaluation world's, as ArcFace's and OpenFace's training faces are from HDTF's. Rendered
+    and cropped with the `data` and `prepare` settings (no cross renders)."""
 
+    seed: int = Field(default=1001, ge=0)
+    n_identities: int = Field(default=256, ge=4, le=100_000)
+    clips_per_identity: int = Field(default=2, ge=2)  # >= 2: verification pairs come from different clips
+    frames_per_clip: int = Field(default=48, ge=8)
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)  # identities held out inside its own world
+
+
+class AnalyzerParams(_Section):
+    """The toy world's face analysis network (pipeline/analysis/toy.py): the shipped asset (source: native), or
+    trained on a world of its own (source: train); scored on the evaluation world's held-out identities."""
+
+    source: Literal["native", "train"] = "native"
+    checkpoint: str = "toy_analyzer"  # asset name for source native
+    world: AnalyzerWorld = AnalyzerWorld()
     width: int = Field(default=16, ge=4, le=512)  # channels of the first conv block (doubling per block)
     embedding_dim: int = Field(default=128, ge=8, le=2048)
     iters: int = Field(default=2000, ge=1)
@@ -133,6 +149,58 @@ class AnalyzerParams(_Section):
     motion_weight: float = Field(default=10.0, ge=0)  # weight of the pose + gaze + expression regression loss
     augment: bool = True  # mirror (labels mirrored), shift, blur, brightness / contrast, noise (toy.augment)
     eval_pairs: int = Field(default=3000, ge=10)  # same + different pairs for the held-out verification accuracy
+
+
+class EvaluateParams(_Section):
+    """The evaluation harness (pipeline/evaluation): Sec. 4's metrics and protocols; `reenact evaluate` reads it too."""
+
+    class Metrics(_Section):
+        """Metric names per protocol, validated against pipeline/evaluation/registry.py (unknown names, and
+        metrics that mean nothing in a protocol, fail with the key's name)."""
+
+        same: list[str] = ["l1", "psnr", "ssim", "lpips_toy", "l_id", "fid_toy", "fvd_toy", "fvd_m_toy",
+                           "rho_au", "rho_gz", "rho_pose"]
+        cross: list[str] = ["fid_toy", "fvd_toy", "fvd_m_toy", "rho_au_gz", "rho_pose", "l_id", "l1_gt", "psnr_gt",
+                            "ssim_gt", "l_id_gt"]
+        robustness: list[str] = ["l1", "lpips_toy", "l_id", "fid_toy", "fvd_toy"]
+
+        @model_validator(mode="after")
+        def _registered(self) -> "EvaluateParams.Metrics":
+            from pipeline.evaluation.registry import check_metrics
+
+            for protocol in ("same", "cross", "robustness"):
+                try:
+                    check_metrics(getattr(self, protocol), protocol)
+                except ValueError as e:
+                    raise ValueError(f"in the {protocol!r} list: {e}") from None
+            return self
+
+    class Bootstrap(_Section):
+        resamples: int = Field(default=2000, ge=0, le=1_000_000)  # CI of per-video metrics (0: no CI)
+        set_resamples: int = Field(default=100, ge=0, le=100_000)  # CI of pooled FID / FVD: one Frechet distance each
+
+    class FVD(_Section):
+        clip_frames: int = Field(default=16, ge=2, le=256)  # StyleGAN-V: 16 consecutive frames, non-overlapping here
+
+    class Mouth(_Section):
+        scale: float = Field(default=1.5, gt=0.5, le=5.0)  # FVD_M crop side / largest mouth extent in the clip
+        size: int = Field(default=96, ge=16, le=512)  # crop side in px (the I3D resizes to 224 itself)
+
+    class Robustness(_Section):
+        n_driving: int = Field(default=5, ge=1)  # Table 3: 5 driving videos ...
+        n_sources: int = Field(default=5, ge=1)  # ... x 5 diverse source frames each
+        selection: Literal["farthest", "uniform", "random"] = "farthest"  # pipeline/evaluation/robustness.py
+        features: list[Literal["pose", "gaze", "expression"]] = ["pose", "expression"]  # what "diverse" is measured on
+
+    metrics: Metrics = Metrics()
+    max_frames: Optional[int] = Field(default=500, ge=1)  # first N frames per video (the paper: 500); null: all
+    batch_size: int = Field(default=16, ge=1, le=4096)  # frames per network call
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    references: bool = True  # also score "copy the source frame" and (same identity) "copy the driving frame"
+    bootstrap: Bootstrap = Bootstrap()
+    fvd: FVD = FVD()
+    mouth: Mouth = Mouth()
+    robustness: Robustness = Robustness()
 
 
 class SplitParams(_Section):
@@ -149,6 +217,7 @@ class Params(_Section):
     prepare: PrepareParams = PrepareParams()
     generator: GeneratorParams = GeneratorParams()
     analyzer: AnalyzerParams = AnalyzerParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 SHARED_SECTIONS = ("seed", "split", "model", "analysis", "assets")  # read by several stages

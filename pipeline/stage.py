@@ -89,6 +89,7 @@ class Stage:
     run: Callable[[StageContext], StageResult]
     sections: tuple[str, ...]  # params sections read (assets included, if any): dvc.yaml's `params:` of the stage
     assets: Callable[[Params], list[str]] = lambda params: []  # asset names it uses under these params
+    history: bool = False  # it declares metrics/<name>_history.csv (written empty when nothing was trained)
 
     def resolved(self, params: Params) -> dict[str, Any]:
         """What the stage runs with: its declared sections (assets: only those it uses), as plain data."""
@@ -118,9 +119,9 @@ class Stage:
             start = time.perf_counter()
             result = self.run(ctx)
             write_json(root / METRICS / f"{self.name}.json", result.metrics)
-            if result.history is not None:
-                write_text(root / METRICS / f"{self.name}_history.csv", history_csv(result.history))
-                for row in result.history:
+            if result.history is not None or self.history:
+                write_text(root / METRICS / f"{self.name}_history.csv", history_csv(result.history or []))
+                for row in result.history or []:
                     run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
             run.log_metrics(result.metrics)
             run.log_metrics({"time": {**result.timings, "stage_seconds": round(time.perf_counter() - start, 2)}})
@@ -151,7 +152,7 @@ def history_csv(rows: list[dict]) -> str:
     steps = [int(r["step"]) for r in rows]
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise ValueError(f"history steps must strictly increase (one global step per stage), got {steps[:10]}...")
-    return pd.DataFrame(rows).to_csv(index=False, lineterminator="\n")
+    return pd.DataFrame(rows).to_csv(index=False, lineterminator="\n") if rows else "step\n"
 
 
 def load_stage(name: str) -> Stage:

@@ -169,6 +169,19 @@ class PreparedStore:
         return out
 
 
+def identity_fingerprints(store: PreparedStore, split: str | None = None) -> dict[str, str]:
+    """identity -> sha256 of its renderer identity vector (synthetic world only; {} for real videos): what a
+    pre-trained toy network records of the faces it was trained on, so that a world can be checked for overlap."""
+    import hashlib
+
+    out: dict[str, str] = {}
+    for rec in store.clips(split).to_dict("records"):
+        if rec["identity"] not in out and store.has_truth(rec["clip_id"]):
+            vector = np.ascontiguousarray(store.truth(rec["clip_id"])["identity_vector"], dtype=np.float32)
+            out[rec["identity"]] = hashlib.sha256(vector.tobytes()).hexdigest()
+    return out
+
+
 @dataclass
 class SplitArrays:
     """All stored frames of one split, concatenated in memory (the toy world's trainers; see IN_MEMORY_BUDGET)."""

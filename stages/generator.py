@@ -36,7 +36,7 @@ def run(ctx: StageContext) -> StageResult:
 
 
 STAGE = Stage("generator", run, sections=("seed", "generator", "assets"),
-              assets=lambda params: [params.generator.checkpoint] if params.generator.source != "train" else [])
+              history=True, assets=lambda params: [params.generator.checkpoint] if params.generator.source != "train" else [])
 
 if __name__ == "__main__":
     STAGE.main()

@@ -34,9 +34,12 @@ def test_ssim_identity_and_degradation():
     assert ssim(img, img) == pytest.approx(1.0)
     small, big = (np.clip(img.astype(int) + rng.integers(-a, a + 1, img.shape), 0, 255).astype(np.uint8) for a in (10, 80))
     assert 1.0 > ssim(img, small) > ssim(img, big)
-    # colour images: the mean of per-channel SSIMs
-    per_channel = np.mean([structural_similarity(img[0, ..., c], big[0, ..., c], data_range=255) for c in range(3)])
+    # colour images: the mean of per-channel SSIMs; default window: Wang et al.'s Gaussian (the paper's [38])
+    gaussian = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    per_channel = np.mean([structural_similarity(img[0, ..., c], big[0, ..., c], data_range=255, **gaussian) for c in range(3)])
     assert ssim(img[0], big[0]) == pytest.approx(per_channel)
+    uniform = np.mean([structural_similarity(img[0, ..., c], big[0, ..., c], data_range=255) for c in range(3)])
+    assert ssim(img[0], big[0], window="uniform") == pytest.approx(uniform)
     with pytest.raises(TypeError):
         ssim(img.astype(np.float32), img)
 

@@ -36,7 +36,7 @@ from pipeline.checkpoint import Checkpoint, CheckpointError, load_checkpoint, lo
 from pipeline.paths import ANALYZER_CHECKPOINT
 
 if TYPE_CHECKING:
-    from pipeline.config import AnalyzerParams
+    from pipeline.config import AnalyzerParams, DataParams, PrepareParams
 from pipeline.checkpoint import save_checkpoint as save_checkpoint_file
 from pipeline.synth.face import EXPRESSION_NAMES, GAZE_NAMES, POSE_NAMES
 
@@ -216,6 +216,7 @@ class ToyAnalyzer(FaceAnalyzer):
         self.device = torch.device(device)
         self.input_size = net.resolution
         self.threshold = threshold
+        self.facts: dict[str, Any] = {}  # what the checkpoint says of its training (world, identity fingerprints)
         self._mean = torch.as_tensor(target_mean, dtype=torch.float32, device=self.device)
         self._std = torch.as_tensor(target_std, dtype=torch.float32, device=self.device)
         self._weights = dict(weights or {})
@@ -267,7 +268,10 @@ class ToyAnalyzer(FaceAnalyzer):
             shown = path.resolve().relative_to(Path(root or workspace()).resolve()).as_posix()
         except ValueError:
             shown = str(path)
-        return cls(net, facts["target_mean"], facts["target_std"], facts.get("threshold"), {shown: sha256_of(path)}, device)
+        analyzer = cls(net, facts["target_mean"], facts["target_std"], facts.get("threshold"), {shown: sha256_of(path)},
+                       device)
+        analyzer.facts = facts
+        return analyzer
 
 
 def save_checkpoint(path: Path, net: ToyFaceNet, facts: dict[str, Any], threshold: float | None,
@@ -280,37 +284,85 @@ def save_checkpoint(path: Path, net: ToyFaceNet, facts: dict[str, Any], threshol
                                           extra={**facts, "threshold": threshold}))
 
 
+def check_disjoint(analyzer: "ToyAnalyzer", world: dict[str, str], where: Path) -> None:
+    """BackendError when an identity of the evaluation world (identity -> fingerprint, pipeline.store) is among the
+    analyzer's training identities: an instrument must never have seen the faces it measures."""
+    seen = set(analyzer.facts.get("identity_fingerprints") or [])
+    shared = sorted(i for i, f in world.items() if f in seen)
+    if shared:
+        raise BackendError(
+            f"{where}: the toy analyzer was trained on {len(shared)} identities of this world ({', '.join(shared[:5])}"
+            f"{', ...' if len(shared) > 5 else ''}): it would measure faces it has seen. Train one on a world of its "
+            f"own: dvc exp run -S analyzer.source=train -S analyzer.world.seed=<a seed other than data's>")
+
+
 @dataclass
-class TrainedAnalyzer:
-    analyzer: "ToyAnalyzer"
-    facts: dict[str, Any]  # label normalisation and training identities (the checkpoint's extra)
-    history: list[dict]
-    metrics: dict[str, Any]  # train / heldout parts of metrics/analyzer.json
+class AnalyzerScore:
+    metrics: dict[str, Any]  # the `heldout` part of metrics/analyzer.json
     predicted: MotionFeatures  # on the held-out frames, for the figure
     distances: dict[str, np.ndarray]  # same / different identity pair distances, for the figure
 
 
-def train_analyzer(params: "AnalyzerParams", seed: int, train_split, test_split, progress: bool = True) -> TrainedAnalyzer:
-    """Train a ToyFaceNet on the training identities (pipeline.store.SplitArrays with truth) and score it on the
-    held-out ones: verification accuracy, pose / gaze MAE and expression correlations against the training-mean
-    baseline (pipeline.analysis.quality)."""
+def score_analyzer(analyzer: "ToyAnalyzer", test_split, eval_pairs: int, seed: int) -> AnalyzerScore:
+    """Verification accuracy, pose / gaze MAE and expression correlations of `analyzer` on held-out identities
+    (pipeline.store.SplitArrays with truth), with the training-mean baseline (pipeline.analysis.quality)."""
     from pipeline.analysis.quality import identity_quality, motion_quality
 
+    verification, distances = identity_quality(analyzer, test_split.frames, test_split.identities,
+                                               test_split.clip_ids, eval_pairs, seed)
+    predicted = analyzer.motion(test_split.frames)
+    mean = analyzer._mean.cpu().numpy()
+    offsets = np.cumsum([0] + [len(names) for _, names in TARGET_GROUPS])
+    train_mean = {group: mean[a:b] for (group, _), a, b in zip(TARGET_GROUPS, offsets[:-1], offsets[1:])}
+    metrics = {"identities": int(len(np.unique(test_split.identities))), "frames": len(test_split),
+               "verification": verification, **motion_quality(predicted, test_split.truth, train_mean)}
+    return AnalyzerScore(metrics, predicted, distances)
+
+
+@dataclass
+class TrainedAnalyzer:
+    analyzer: "ToyAnalyzer"  # with the decision threshold chosen on the validation identities
+    facts: dict[str, Any]  # label normalisation, training identities and their fingerprints, the world (checkpoint extra)
+    history: list[dict]
+    metrics: dict[str, Any]  # the `train` part of metrics/analyzer.json
+
+
+def train_analyzer(params: "AnalyzerParams", seed: int, train_split, validation_split,
+                   progress: bool = True) -> TrainedAnalyzer:
+    """Train a ToyFaceNet on `train_split` (pipeline.store.SplitArrays with truth); the same-person threshold is
+    chosen on `validation_split` (other identities of the same world)."""
     torch.manual_seed(seed)
     net = ToyFaceNet(train_split.frames.shape[1], params.width, params.embedding_dim)
     facts, history = train(train_split.frames, train_split.identities, train_split.truth, net, params, seed, progress)
     analyzer = ToyAnalyzer(net, facts["target_mean"], facts["target_std"])
-    verification, distances = identity_quality(analyzer, test_split.frames, test_split.identities,
-                                               test_split.clip_ids, params.eval_pairs, seed)
-    analyzer.threshold = verification["threshold"]
-    predicted = analyzer.motion(test_split.frames)
-    mean = np.asarray(facts["target_mean"], dtype=np.float32)
-    offsets = np.cumsum([0] + [len(names) for _, names in TARGET_GROUPS])
-    train_mean = {group: mean[a:b] for (group, _), a, b in zip(TARGET_GROUPS, offsets[:-1], offsets[1:])}
-    metrics = {
-        "train": {"identities": len(facts["train_identities"]), "frames": len(train_split), "iters": params.iters,
-                  "final_loss_identity": history[-1]["loss_identity"], "final_loss_motion": history[-1]["loss_motion"]},
-        "heldout": {"identities": int(len(np.unique(test_split.identities))), "frames": len(test_split),
-                    "verification": verification, **motion_quality(predicted, test_split.truth, train_mean)},
-    }
-    return TrainedAnalyzer(analyzer, facts, history, metrics, predicted, distances)
+    validation = score_analyzer(analyzer, validation_split, params.eval_pairs, seed)
+    analyzer.threshold = validation.metrics["verification"]["threshold"]
+    metrics = {"identities": len(facts["train_identities"]), "frames": len(train_split), "iters": params.iters,
+               "final_loss_identity": history[-1]["loss_identity"], "final_loss_motion": history[-1]["loss_motion"],
+               "validation": validation.metrics}
+    return TrainedAnalyzer(analyzer, facts, history, metrics)
+
+
+def train_on_own_world(params: "AnalyzerParams", data: "DataParams", prepare_params: "PrepareParams",
+                       scratch: Path, progress: bool = True) -> TrainedAnalyzer:
+    """Render the analyzer's own world (params.world: its own seed, so identities disjoint from the evaluation
+    world's), crop it as `prepare` does (renderer boxes), train on its training identities, choose the threshold
+    on its validation identities. `scratch` is a folder for the world, left to the caller to delete."""
+    from pipeline.data import make_synthetic
+    from pipeline.prepare import prepare
+    from pipeline.store import PreparedStore, identity_fingerprints, load_split
+
+    world = params.world
+    settings = data.model_copy(update={"n_identities": world.n_identities, "clips_per_identity": world.clips_per_identity,
+                                       "frames_per_clip": world.frames_per_clip, "cross_per_clip": 0})
+    make_synthetic(scratch / "raw", settings, world.seed, world.validation_fraction, progress=progress)
+    crops = prepare_params.model_copy(update={"detector": "ground_truth", "min_frames": 0,
+                                              "train_frames": world.frames_per_clip})
+    prepare(scratch / "raw", scratch / "prepared", crops, world.seed, world.validation_fraction, None, progress=progress)
+    train_split = load_split(scratch / "prepared", "train", with_truth=True)
+    trained = train_analyzer(params, world.seed, train_split, load_split(scratch / "prepared", "test", with_truth=True),
+                             progress)
+    fingerprints = identity_fingerprints(PreparedStore(scratch / "prepared"))
+    trained.facts["world"] = {**world.model_dump(mode="json"), "resolution": data.resolution, "fps": data.fps}
+    trained.facts["identity_fingerprints"] = sorted(fingerprints[i] for i in np.unique(train_split.identities))
+    return trained

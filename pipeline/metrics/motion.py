@@ -50,6 +50,47 @@ def pearson_per_channel(pred, true) -> np.ndarray:
     return r.reshape(p.shape[1:])
 
 
+def temporal_correlation(generated, driving, min_frames: int = 3) -> np.ndarray:
+    """Per-channel Pearson correlation over the frames of ONE video (the paper's rho_AU, rho_GZ, rho_pose before
+    averaging): generated and driving are [T, C] (or [T]) analyser channels of the same T frames. Frames where
+    either value is not finite are left out for that channel (a frame without a face).
+
+    Concatenating several videos before correlating would add the between-video variance to both sides and
+    inflate r, so this takes one video; `video_correlation` averages over channels, the caller over videos.
+
+    What a channel that does not vary counts as (decided here, once):
+    - the DRIVING channel is constant (or has fewer than `min_frames` valid frames): NaN, left out of the
+      channel mean. There is no motion to follow: counting it as 0 would punish a method for a channel the
+      driving video never exercised, counting it as 1 would reward it for nothing.
+    - the GENERATED channel is constant while the driving one varies: 0, not NaN. The method transferred none
+      of that motion (the covariance is zero); dropping it, as a bare Pearson would (undefined), biases the
+      mean upwards and would leave the "copy the source frame" floor with no value at all instead of ~0.
+    Constancy is exact equality of the valid values (as scipy tests it): centring a constant in floating
+    point leaves residuals of 1e-17 that would otherwise give a meaningless r."""
+    g, d = _signals(generated, driving)
+    g2, d2 = (g, d) if g.ndim == 2 else (g[:, None], d[:, None])
+    r = np.full(g2.shape[1], np.nan)
+    for c in range(g2.shape[1]):
+        ok = np.isfinite(g2[:, c]) & np.isfinite(d2[:, c])
+        x, y = g2[ok, c], d2[ok, c]
+        if len(y) < max(2, min_frames) or np.all(y == y[0]):
+            continue  # nothing to follow: undefined, left out
+        if np.all(x == x[0]):
+            r[c] = 0.0  # the driving moves, the generated video does not
+            continue
+        x, y = x - x.mean(), y - y.mean()
+        r[c] = np.clip(np.dot(x / np.linalg.norm(x), y / np.linalg.norm(y)), -1.0, 1.0)
+    return r.reshape(g.shape[1:])
+
+
+def video_correlation(generated, driving, min_frames: int = 3) -> tuple[float, int, int]:
+    """(mean over channels of temporal_correlation, channels used, channels left out because the driving
+    channel is constant or has too few valid frames); the mean is NaN when every channel is left out."""
+    r = np.atleast_1d(temporal_correlation(generated, driving, min_frames))
+    used = ~np.isnan(r)
+    return (float(r[used].mean()) if used.any() else float("nan")), int(used.sum()), int((~used).sum())
+
+
 def mean_ignoring_nan(values) -> float:
     """mean of the non-NaN values (np.nanmean), NaN without a warning when there are none."""
     v = np.asarray(values, dtype=np.float64)
