@@ -78,8 +78,9 @@ class PrepareParams(_Section):
 
 
 class GeneratorParams(_Section):
-    source: Literal["train", "rosinality", "nvidia"] = "train"
-    checkpoint: str = "stylegan2_ffhq_1024_rosinality"  # asset name, used when source is rosinality | nvidia
+    # native: our checkpoint format (the shipped toy generator) | train: train the toy one | rosinality | nvidia: convert
+    source: Literal["native", "train", "rosinality", "nvidia"] = "native"
+    checkpoint: str = "toy_stylegan2"  # asset name, used unless source is train
     # architecture of the trained toy generator (source: train); resolution = the prepared crop size
     style_dim: int = Field(default=128, ge=8, le=1024)
     n_mlp: int = Field(default=4, ge=1, le=8)

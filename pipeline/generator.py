@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import GeneratorParams
+from pipeline.errors import UserError
 from pipeline.metrics.image import masked_psnr, psnr, ssim
 from pipeline.store import SplitArrays, to_image
 
@@ -45,7 +46,7 @@ class WarmupEncoder(nn.Module):
         width: int = 32,  # channels of the first conv; doubles per halving of the resolution, capped at 256
     ):
         super().__init__()
-        self.style_dim, self.n_latent = style_dim, n_latent
+        self.resolution, self.style_dim, self.n_latent, self.width = resolution, style_dim, n_latent, width
         layers, channels, size = [nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2)], width, resolution
         while size > 4:
             out = min(channels * 2, 256)
@@ -185,6 +186,7 @@ def mean_colour_baseline(targets: np.ndarray, face: np.ndarray) -> dict:
 @dataclass
 class Reconstructions:
     metrics: dict = field(default_factory=dict)
+    indices: np.ndarray | None = None  # which frames of the split
     targets: np.ndarray | None = None
     encoded: np.ndarray | None = None
     refined: np.ndarray | None = None
@@ -215,7 +217,7 @@ def evaluate_reconstruction(G: nn.Module, E: WarmupEncoder, test: SplitArrays, n
         "mean_colour_baseline": mean_colour_baseline(targets, face),
         "refine_steps": refine_steps,
     }
-    return Reconstructions(metrics, targets, encoded, refined)
+    return Reconstructions(metrics, idx, targets, encoded, refined)
 
 
 @torch.no_grad()
@@ -260,19 +262,107 @@ def mmd_to_codes(G: nn.Module, codes: torch.Tensor, seed: int, n: int = 1024) ->
         return round(float(mmd(w, sub, median * torch.tensor([0.5, 1.0, 2.0]))), 5)
 
 
+# The quality gates of the toy generator (issue 9), read through the toy analyzer on held-out reconstructions:
+# (metric, direction, must reach, aim).
+GATES = (("mouth_open_r", "min", 0.6, 0.8), ("yaw_mae_deg", "max", 7.0, 5.0), ("id_verified", "min", 0.8, 0.9),
+         ("psnr_face_db", "min", 24.0, 26.0))
+
+
+def motion_gates(recon: Reconstructions, truth: dict[str, np.ndarray], analyzer) -> dict:
+    """Does the generator carry the motion? The toy analyzer on the refined reconstructions of held-out frames
+    against the renderer's truth (mouth_open Pearson r, yaw MAE), the same person as the original frame
+    (analyzer distance under its threshold), face-region PSNR; each with the analyzer's reading of the original
+    frames as the ceiling, and pass / fail against GATES."""
+    from pipeline.metrics.motion import mean_angular_error_deg, pearson_per_channel
+
+    idx = recon.indices
+
+    def read(frames: np.ndarray) -> dict:
+        m = analyzer.motion(frames)
+        mouth = m.expression_names.index("mouth_open")
+        return {"mouth_open_r": float(pearson_per_channel(m.expression[:, [mouth]], truth["expression"][idx][:, [mouth]])[0]),
+                "yaw_mae_deg": float(mean_angular_error_deg(m.pose[:, [0]], truth["pose"][idx][:, [0]])[0])}
+
+    with torch.no_grad():
+        d = analyzer.distance(analyzer.identity(recon.refined), analyzer.identity(recon.targets)).cpu().numpy()
+    values = {**read(recon.refined), "id_verified": float((d <= analyzer.threshold).mean()),
+              "psnr_face_db": float(recon.metrics["refined"]["psnr_face"])}
+    gates = {name: {"value": round(values[name], 4), "must": must, "aim": aim,
+                    "pass": bool(values[name] >= must if kind == "min" else values[name] <= must)}
+             for name, kind, must, aim in GATES}
+    return {"gates": gates, "all_pass": all(g["pass"] for g in gates.values()),
+            "analyzer_on_originals": {k: round(v, 4) for k, v in read(recon.targets).items()}}
+
+
+ENCODER_STATE = "E"  # the warm-up encoder inside a toy generator checkpoint (its architecture in extra["encoder"])
+
+
+def save_toy_generator(G: nn.Module, E: WarmupEncoder, path, extra: dict) -> None:
+    """G (with latent_avg) and its warm-up encoder in the project's checkpoint format (kind stylegan2, readable by
+    load_generator(path, "native")); the encoder lets the generator stage re-measure the quality gates."""
+    from pipeline.checkpoint import Checkpoint, save_checkpoint
+    from pipeline.models.stylegan2_formats import NATIVE_KIND
+
+    state = {"G": G.state_dict(), "latent_avg": {"latent_avg": G.latent_avg}, ENCODER_STATE: E.state_dict()}
+    encoder = {"resolution": E.resolution, "style_dim": E.style_dim, "n_latent": E.n_latent, "width": E.width}
+    save_checkpoint(path, Checkpoint(kind=NATIVE_KIND, config=dict(G.config), state=state,
+                                     extra={**extra, "encoder": encoder}))
+
+
+def load_warmup_encoder(path) -> WarmupEncoder | None:
+    """The warm-up encoder stored with a toy generator, or None (a converted FFHQ checkpoint has none)."""
+    from pipeline.checkpoint import load_checkpoint, load_state
+    from pipeline.models.stylegan2_formats import NATIVE_KIND
+
+    ckpt = load_checkpoint(path, NATIVE_KIND)
+    if ENCODER_STATE not in ckpt.state:
+        return None
+    arch = ckpt.extra["encoder"]
+    E = WarmupEncoder(arch["resolution"], arch["style_dim"], arch["n_latent"], width=arch["width"])
+    load_state(E, ckpt, ENCODER_STATE, str(path))
+    return E.eval()
+
+
+class GeneratorWorldError(UserError, ValueError):
+    """The generator was trained on faces the evaluation holds out."""
+
+
+def world_record(store, train: SplitArrays) -> dict:
+    """What a trained toy generator records of the world it saw: its training identities' fingerprints."""
+    from pipeline.store import identity_fingerprints
+
+    seen = identity_fingerprints(store, "train")
+    return {"identity_fingerprints": sorted(seen[i] for i in np.unique(train.identities) if i in seen)}
+
+
+def check_world(extra: dict | None, store, path) -> None:
+    """GeneratorWorldError when a held-out identity of this world is among the generator's training identities
+    (a generator that has seen the test faces would flatter every re-enactment metric)."""
+    from pipeline.store import identity_fingerprints
+
+    seen = set(((extra or {}).get("world") or {}).get("identity_fingerprints") or [])
+    if not seen:  # a converted checkpoint records no world
+        return
+    shared = sorted(i for i, f in identity_fingerprints(store, "test").items() if f in seen)
+    if shared:
+        raise GeneratorWorldError(
+            f"{path}: the generator was trained on {len(shared)} identities that this world holds out for evaluation "
+            f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}): a different seed or split than it was "
+            f"trained for. Train one that matches: dvc exp run -S generator.source=train")
+
+
 @dataclass
 class TrainedGenerator:
     G: nn.Module
-    metrics: dict  # metrics/generator.json
+    metrics: dict  # what training or conversion measured (the `trained` part of metrics/generator.json)
+    E: WarmupEncoder | None = None  # the warm-up encoder (toy generators), for the quality gates
     history: list[dict] = field(default_factory=list)  # one global step: warm-up 1..iters, then the mapping fit
-    reconstructions: Reconstructions | None = None
     timings: dict = field(default_factory=dict)  # seconds per phase (MLflow only)
 
 
-def train_generator(params: GeneratorParams, seed: int, train: SplitArrays, test: SplitArrays,
-                    progress: bool = True) -> TrainedGenerator:
+def train_generator(params: GeneratorParams, seed: int, train: SplitArrays, progress: bool = True) -> TrainedGenerator:
     """The embedded default's toy StyleGAN2 (see the module docstring): warm-up as an autoencoder's decoder,
-    mapping fit, latent_avg, held-out reconstruction quality and sample statistics."""
+    mapping fit, latent_avg."""
     from pipeline.models.stylegan2 import Generator
 
     resolution = train.frames.shape[1]
@@ -288,19 +378,12 @@ def train_generator(params: GeneratorParams, seed: int, train: SplitArrays, test
     mapping = fit_mapping(G, codes, params.mapping_iters, params.mapping_batch_size, params.mapping_lr, seed,
                           progress=progress, first_step=params.iters + 1)
     G.latent_avg.copy_(latent_average(G, seed=seed))
-    recon = evaluate_reconstruction(G, E, test, params.eval_frames, params.refine_steps, params.refine_lr,
-                                    params.feature_weight, seed)
     metrics = {
-        "source": "train",
-        "resolution": resolution,
-        "parameters": sum(p.numel() for p in G.parameters()),
         "train_frames": len(train),
         "warmup_final_loss": round(warmup[-1]["rec"], 5),
-        "heldout": recon.metrics,
         "mapping": {"mmd_before": mmd_before, "mmd_after": mmd_to_codes(G, codes, seed)},
-        "samples": sample_statistics(G, seed=seed),
     }
-    return TrainedGenerator(G, metrics, warmup + mapping, recon,
+    return TrainedGenerator(G, metrics, E, warmup + mapping,
                             {"warmup_seconds": round(warmup_seconds, 2),
                              "total_seconds": round(time.perf_counter() - start, 2)})
 
@@ -310,15 +393,30 @@ def convert_generator(checkpoint, source: str, seed: int) -> TrainedGenerator:
     from pipeline.models.stylegan2_formats import load_generator
 
     G = load_generator(checkpoint, source)
-    stats = sample_statistics(G, n=8, seed=seed)
+    stats = sample_statistics(G, n=8, seed=seed)  # a quick look before writing anything
     if not stats["finite"] or stats["per_image_std_min"] < 1e-3:
         raise ValueError(f"{checkpoint}: the converted generator renders {'non-finite values' if not stats['finite'] else 'flat images'} "
                          f"({stats}); is it the right file and format (generator.source={source})?")
-    metrics = {"source": source, "checkpoint": Path(checkpoint).name, "resolution": G.resolution,
-               "parameters": sum(p.numel() for p in G.parameters()), "samples": stats}
-    return TrainedGenerator(G, metrics)
+    return TrainedGenerator(G, {"checkpoint": Path(checkpoint).name})
 
 
-__all__ = ["WarmupEncoder", "train_generator", "convert_generator", "TrainedGenerator", "train_autoencoder", "fit_mapping", "evaluate_reconstruction",
+def score_generator(G: nn.Module, E: WarmupEncoder | None, test: SplitArrays | None, analyzer, params: GeneratorParams,
+                    seed: int) -> tuple[dict, Reconstructions | None]:
+    """What the generator stage reports for any generator: size, sample statistics and, where a warm-up encoder
+    and the renderer's truth exist (the toy world), held-out reconstruction quality and the motion gates."""
+    metrics = {"resolution": G.resolution, "parameters": sum(p.numel() for p in G.parameters()),
+               "samples": sample_statistics(G, n=64 if G.resolution <= 128 else 8, seed=seed)}
+    if E is None:
+        return metrics, None
+    recon = evaluate_reconstruction(G, E, test, params.eval_frames, params.refine_steps, params.refine_lr,
+                                    params.feature_weight, seed)
+    metrics["heldout"] = recon.metrics
+    if test.truth is not None and analyzer is not None:
+        metrics["heldout"].update(motion_gates(recon, test.truth, analyzer))
+    return metrics, recon
+
+
+__all__ = ["WarmupEncoder", "train_generator", "convert_generator", "score_generator", "motion_gates", "GATES",
+           "save_toy_generator", "load_warmup_encoder", "TrainedGenerator", "train_autoencoder", "fit_mapping", "evaluate_reconstruction",
            "sample", "sample_statistics", "latent_average", "mmd", "mmd_to_codes", "encode_all", "to_tensor",
            "to_uint8", "reconstruction_loss", "mean_colour_baseline"]

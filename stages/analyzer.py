@@ -7,7 +7,8 @@ import shutil
 import tempfile
 
 from pipeline.analysis import backend_tags
-from pipeline.analysis.toy import ToyAnalyzer, check_disjoint, save_checkpoint, score_analyzer, train_on_own_world
+from pipeline.analysis.toy import ToyAnalyzer, check_disjoint, save_checkpoint, score_analyzer
+from pipeline.analysis.toy_world import train_on_own_world
 from pipeline.io import atomic_path
 from pipeline.paths import ANALYZER_CHECKPOINT, PREPARED, REPORTS
 from pipeline.plots import analyzer_figure

@@ -133,7 +133,7 @@ def test_stage_converts_a_rosinality_checkpoint(tmp_path, monkeypatch, real_para
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     metrics = STAGE.execute(params=validate_params(real_params), root=tmp_path, progress=False)
     assert metrics["source"] == "rosinality" and metrics["resolution"] == 16 and metrics["samples"]["finite"]
-    assert json.loads((tmp_path / "metrics" / "generator.json").read_text())["checkpoint"] == ckpt.name
+    assert json.loads((tmp_path / "metrics" / "generator.json").read_text())["checkpoint"] == "tiny_rosinality"
     assert (tmp_path / "reports" / "generator" / "samples.png").is_file()
     converted = load_generator(tmp_path / "models" / "generator.pt", "native")
     w = torch.randn(2, G.n_latent, 16)

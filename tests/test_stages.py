@@ -13,7 +13,7 @@ from pipeline.config import validate_params
 from pipeline.paths import ANALYZER_CHECKPOINT, GENERATOR_CHECKPOINT, METRICS, PREPARED, RAW
 from pipeline.stage import ParamsView, Stage, StageResult, UndeclaredParams, load_stage
 
-ORDER = ("data", "prepare", "generator", "analyzer")
+ORDER = ("data", "prepare", "analyzer", "generator")  # dvc.yaml's order: the generator is scored through the analyzer
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -129,3 +129,30 @@ def test_stage_module_runs_as_dvc_runs_it(tmp_path, tiny_params):
     bad = subprocess.run([sys.executable, "-m", "stages.data"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'data.n_identities'" in bad.stderr and "Traceback" not in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
+
+
+def test_pretrained_networks_must_not_have_seen_the_held_out_faces(workspaces):
+    """The analyzer trains on a world of its own, the generator on the training identities: both are checked
+    against the evaluation world's identities, by the renderer's identity vectors."""
+    from pipeline.analysis import BackendError
+    from pipeline.analysis.toy import ToyAnalyzer, check_disjoint
+    from pipeline.generator import GeneratorWorldError, check_world
+    from pipeline.models.stylegan2_formats import load_generator
+    from pipeline.store import PreparedStore, identity_fingerprints
+
+    root = workspaces[0][0]
+    store = PreparedStore(root / PREPARED)
+    world, held_out = identity_fingerprints(store), identity_fingerprints(store, "test")
+    analyzer = ToyAnalyzer.load(root / ANALYZER_CHECKPOINT, root=root)
+    assert analyzer.facts["world"]["seed"] == 1001 and analyzer.facts["identity_fingerprints"]
+    check_disjoint(analyzer, world, "analyzer.pt")  # its own world: no face in common
+    analyzer.facts["identity_fingerprints"] = [next(iter(world.values()))]
+    with pytest.raises(BackendError, match="trained on 1 identities of this world.*analyzer.source=train"):
+        check_disjoint(analyzer, world, "analyzer.pt")
+    extra = load_generator(root / GENERATOR_CHECKPOINT, "native").checkpoint_info["extra"]
+    seen = set(extra["world"]["identity_fingerprints"])
+    assert seen and not seen & set(held_out.values())  # trained on the training identities only
+    check_world(extra, store, "generator.pt")
+    extra["world"]["identity_fingerprints"].append(next(iter(held_out.values())))
+    with pytest.raises(GeneratorWorldError, match="holds out for evaluation.*generator.source=train"):
+        check_world(extra, store, "generator.pt")
