@@ -86,6 +86,7 @@ class GeneratorParams(_Section):
     n_mlp: int = Field(default=4, ge=1, le=8)
     channel_max: int = Field(default=64, ge=8, le=1024)
     channel_multiplier: int = Field(default=1, ge=1, le=4)
+    channel_base: Optional[int] = Field(default=None, ge=4)  # NVIDIA's width rule min(channel_max, base // res); None: rosinality's
     # warm-up as the decoder of an autoencoder
     iters: int = Field(default=700, ge=1)
     batch_size: int = Field(default=16, ge=1)
@@ -93,6 +94,7 @@ class GeneratorParams(_Section):
     encoder_lr_ratio: float = Field(default=0.25, gt=0, le=10)
     feature_weight: float = Field(default=2.0, ge=0)
     offset_weight: float = Field(default=1.0, ge=0)
+    ema_half_life_images: float = Field(default=10000, ge=0)  # G and E end as their EMA (StyleGAN2: 10k); 0: off
     # mapping network fitted to the encoder's codes
     mapping_iters: int = Field(default=300, ge=0)
     mapping_batch_size: int = Field(default=256, ge=2)

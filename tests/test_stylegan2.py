@@ -380,6 +380,22 @@ def test_rosinality_state_infers_the_architecture():
         generator_from_rosinality_state(G.state_dict(), n_mlp=8)
 
 
+def test_channel_base_width_rule(tmp_path):
+    # NVIDIA's rule min(channel_max, channel_base // res); config-f (32768, 512) equals rosinality's table
+    assert channel_widths(64, channel_max=256, channel_base=2048) == {4: 256, 8: 256, 16: 128, 32: 64, 64: 32}
+    assert channel_widths(1024, 2, 512, channel_base=32768) == channel_widths(1024, 2, 512)
+    G = small(32, channel_base=256, channel_max=32)
+    assert G.channels == {4: 32, 8: 32, 16: 16, 32: 8} and G.config["channel_base"] == 256
+    assert [layer.channels for layer in G.ss_layers] == [32, 32, 32, 32, 32, 32, 16, 16, 16, 8, 8]
+    assert G.synthesis(wplus_for(G)).shape == (2, 3, 32, 32)
+    assert "channel_base" not in small(16).config  # files written without the option stay as they were
+    save_native(G, tmp_path / "g.ckpt")
+    H = load_generator(tmp_path / "g.ckpt", "native")
+    assert H.config == G.config and _same_weights(G, H)
+    with pytest.raises(ValueError, match="channel_base"):
+        Generator(16, **SMALL, channel_base=2)
+
+
 def test_native_round_trip(tmp_path):
     G = small(16, conv_clamp=256.0)
     G.fused_modconv = False  # runtime switches are not saved

@@ -82,17 +82,27 @@ MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
 # Layer table (no module needed)
 
 
-def channel_widths(resolution: int, channel_multiplier: int = 2, channel_max: int = 512) -> dict[int, int]:
-    """Feature width at each resolution 4..`resolution`: rosinality's table capped at `channel_max`.
+def channel_widths(resolution: int, channel_multiplier: int = 2, channel_max: int = 512,
+                   channel_base: int | None = None) -> dict[int, int]:
+    """Feature width at each resolution 4..`resolution`: rosinality's table capped at `channel_max`, or,
+    with `channel_base`, NVIDIA's rule min(channel_max, channel_base // res) (channel_multiplier unused).
 
     rosinality: {4..32: 512, 64: 256*cm, 128: 128*cm, 256: 64*cm, 512: 32*cm, 1024: 16*cm}, i.e.
     512 up to 32 px and 16384*cm/res above; every entry is min(channel_max, that).
+    NVIDIA (stylegan2-ada): channel_base 32768 = config-f at 1024 px. Small generators on a CPU want wide
+    low-resolution layers (cheap: few pixels) and narrow high-resolution ones, which only this rule gives:
+    e.g. channel_base 2048, channel_max 256 at 64 px = {4: 256, 8: 256, 16: 128, 32: 64, 64: 32}.
     """
     _check_resolution(resolution)
+    if channel_base is not None and channel_base < 4:
+        raise ValueError(f"channel_base must be >= 4 or None, got {channel_base!r}")
     out = {}
     res = 4
     while res <= resolution:
-        base = 512 if res <= 32 else (16384 * channel_multiplier) // res
+        if channel_base is not None:
+            base = max(1, channel_base // res)
+        else:
+            base = 512 if res <= 32 else (16384 * channel_multiplier) // res
         out[res] = min(channel_max, base)
         res *= 2
     return out
@@ -111,9 +121,10 @@ class SSLayer:
     conv_index: int | None  # position in the conv-only order; None for toRGB layers
 
 
-def ss_layer_table(resolution: int, channel_multiplier: int = 2, channel_max: int = 512) -> tuple[SSLayer, ...]:
+def ss_layer_table(resolution: int, channel_multiplier: int = 2, channel_max: int = 512,
+                   channel_base: int | None = None) -> tuple[SSLayer, ...]:
     """The StyleSpace layers of a generator with these settings, in rosinality's forward order."""
-    ch = channel_widths(resolution, channel_multiplier, channel_max)
+    ch = channel_widths(resolution, channel_multiplier, channel_max, channel_base)
     rows: list[tuple[str, str, int, int, int]] = [("conv1", "conv", 4, ch[4], 0), ("to_rgb1", "torgb", 4, ch[4], 1)]
     in_ch = ch[4]
     for k in range(int(math.log2(resolution)) - 2):
@@ -465,6 +476,7 @@ class Generator(nn.Module):
         lr_mlp: float = 0.01,  # learning-rate multiplier of the mapping network (equalised lr)
         blur_kernel: Sequence[int] = (1, 3, 3, 1),  # FIR kernel of the upsampling filters
         conv_clamp: float | None = None,  # NVIDIA's clamp of every layer's output to +-conv_clamp; None = off
+        channel_base: int | None = None,  # NVIDIA's width rule min(channel_max, channel_base // res); None = rosinality's
     ):
         super().__init__()
         _check_resolution(resolution)
@@ -484,12 +496,14 @@ class Generator(nn.Module):
             blur_kernel=[int(v) if float(v).is_integer() else float(v) for v in blur_kernel],
             conv_clamp=None if conv_clamp is None else float(conv_clamp),
         )
+        if channel_base is not None:  # only then: native files written before this option stay identical
+            self.config["channel_base"] = int(channel_base)
         self.resolution = self.size = resolution
         self.style_dim = style_dim
         self.log_size = int(math.log2(resolution))
         self.n_latent = self.log_size * 2 - 2
         self.num_layers = (self.log_size - 2) * 2 + 1  # noise inputs = conv layers
-        self.channels = channel_widths(resolution, channel_multiplier, channel_max)
+        self.channels = channel_widths(resolution, channel_multiplier, channel_max, channel_base)
         self.fused_modconv: bool | None = None
         self.channels_last = False
 
@@ -516,7 +530,7 @@ class Generator(nn.Module):
             self.to_rgbs.append(ToRGB(out_ch, style_dim, blur_kernel=blur_kernel, conv_clamp=conv_clamp))
             in_ch = out_ch
         self.register_buffer("latent_avg", torch.zeros(style_dim), persistent=False)
-        self._ss_layers = ss_layer_table(resolution, channel_multiplier, channel_max)
+        self._ss_layers = ss_layer_table(resolution, channel_multiplier, channel_max, channel_base)
 
     # -- layer table ---------------------------------------------------------------------------------
 
