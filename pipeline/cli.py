@@ -59,6 +59,18 @@ def analyzer(dry_run: bool = DRY_RUN) -> None:
     _stage("analyzer", dry_run)
 
 
+@app.command()
+def pretrain(dry_run: bool = DRY_RUN) -> None:
+    """Stage `pretrain`: train the hybrid-latent encoder (F + E_ID + E_F) on the prepared triples (Eq. 5-14); resumes."""
+    _stage("pretrain", dry_run)
+
+
+@app.command()
+def finetune(dry_run: bool = DRY_RUN) -> None:
+    """Stage `finetune`: fine-tune E_ID and E_F of pretrain's encoder, F frozen, at a lower lr; resumes."""
+    _stage("finetune", dry_run)
+
+
 generator_app = typer.Typer(help="Stage `generator` (no subcommand) and StyleGAN2 tools.", invoke_without_command=True)
 app.add_typer(generator_app, name="generator")
 

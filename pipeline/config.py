@@ -111,8 +111,28 @@ class SFLayers(_Section):
     count: int = Field(default=10, ge=1, le=26)  # "the first 10 SS layers" of the paper
 
 
+class EncoderParams(_Section):
+    """The encoder's feature network F (pipeline/models/encoder.py): an IR-SE backbone with pSp's pyramid."""
+
+    units: list[int] = Field(default=[1, 1, 2, 1], min_length=4, max_length=4)  # IR-SE units per stage (IR-SE50: 3, 4, 14, 3)
+    widths: list[int] = Field(default=[16, 32, 64, 128], min_length=4, max_length=4)  # channels per stage (IR-SE50: 64, 128, 256, 512)
+    init: Literal["scratch", "arcface"] = "scratch"  # arcface: F from the IR-SE50 asset, as pSp (needs IR-SE50 sizes)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "EncoderParams":
+        if min(self.units) < 1 or min(self.widths) < 16:
+            raise ValueError(f"units must be >= 1 and widths >= 16 (the SE gates reduce by 16), got {self.units}, "
+                             f"{self.widths}")
+        if self.init == "arcface" and (self.units != [3, 4, 14, 3] or self.widths != [64, 128, 256, 512]):
+            raise ValueError("init 'arcface' loads the IR-SE50 weights: set units [3, 4, 14, 3] and widths "
+                             "[64, 128, 256, 512]")
+        return self
+
+
 class ModelParams(_Section):
     sf_layers: SFLayers = SFLayers()  # the StyleSpace layers that carry S_F, the motion code
+    hybrid: bool = True  # S_F in StyleSpace (the paper); false: W+ offsets on the same layers ("w/o Hybrid")
+    encoder: EncoderParams = EncoderParams()
 
 
 class AnalysisParams(_Section):
@@ -206,6 +226,69 @@ class EvaluateParams(_Section):
     robustness: Robustness = Robustness()
 
 
+class LossParams(_Section):
+    """Eq. 5-14 (pipeline/losses.py): every weight is `lambda_<term>`; a term is computed only when its weight > 0."""
+
+    lambda_self: float = Field(default=1.0, ge=0)  # Eq. 5, self-reconstruction
+    lambda_reenact: float = Field(default=1.0, ge=0)  # Eq. 6, same-identity re-enactment
+    lambda_l2: float = Field(default=1.0, ge=0)  # Eq. 7: MSE
+    lambda_lpips: float = Field(default=0.1, ge=0)  # Eq. 7: LPIPS (network: lpips_net); pSp: 0.8 with the real LPIPS
+    lambda_gv: float = Field(default=0.05, ge=0)  # Eq. 7: gradient variance (Abrahamyan et al. 2022)
+    lpips_net: Literal["lpips_toy", "lpips"] = "lpips_toy"  # lpips: AlexNet LPIPS (asset lpips_alexnet)
+    gv_patch: int = Field(default=8, ge=2, le=64)  # side of the gradient variance patches (px)
+    lambda_id: float = Field(default=0.1, ge=0)  # Eq. 8-9, identity (backend: analysis.identity_loss)
+    id_reg: bool = True  # Eq. 9, the cross re-enactment term of L_id (false: the paper's "w/o ID reg")
+    lambda_w_id: float = Field(default=0.01, ge=0)  # Eq. 10, identity-latent consistency
+    lambda_reg: float = Field(default=0.001, ge=0)  # Eq. 11-12
+    lambda_s: float = Field(default=1.0, ge=0)  # Eq. 12: weight of the S_F term inside L_reg
+    lambda_f: float = Field(default=1.0, ge=0)  # Eq. 13, masked feature reconstruction
+    lambda_d: float = Field(default=0.1, ge=0)  # latent discriminator (e4e), the encoder's adversarial loss
+    r1_gamma: float = Field(default=10.0, ge=0)  # R1 penalty weight gamma (the penalty is gamma / 2 * R1)
+    r1_every: int = Field(default=16, ge=1)  # lazy R1: every N steps, scaled by N
+
+
+class TrainParams(_Section):
+    """What the two encoder training stages share (pipeline/train.py); PretrainParams / FinetuneParams set the
+    defaults that differ."""
+
+    data: str = "data/prepared"  # the prepared store this stage trains on (a `prepare` output)
+    iters: int = Field(default=1, ge=1)  # optimisation steps
+    batch_size: int = Field(default=4, ge=1)  # global batch (triples per step, over all processes)
+    grad_accum: int = Field(default=1, ge=1)  # micro-batches per step (per process batch = batch / (world x accum))
+    lr: float = Field(default=1e-4, gt=0, le=1)  # Adam, encoder
+    d_lr: float = Field(default=2e-5, gt=0, le=1)  # Adam, latent discriminator (e4e)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto: cuda when available
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    channels_last: bool = True  # channels-last memory format (GPU only)
+    sync_batchnorm: bool = False  # SyncBatchNorm under DDP (GPU); otherwise BatchNorm statistics per process
+    workers: int = Field(default=0, ge=0, le=64)  # DataLoader worker processes
+    checkpoint_every: int = Field(default=100, ge=1)  # resumable checkpoint every N steps (and at the end)
+    log_every: int = Field(default=10, ge=1)  # history row and MLflow metrics every N steps
+    grid_every: int = Field(default=0, ge=0)  # image grid every N steps (0: only the final grid)
+    eval_triples: int = Field(default=64, ge=1)  # held-out triples for the stage's quick quality numbers
+
+
+class PretrainParams(TrainParams):
+    """Stage `pretrain`: the whole encoder (the paper: 200K iterations on CelebV-HQ)."""
+
+    iters: int = Field(default=300, ge=1)
+    lr: float = Field(default=3e-4, gt=0, le=1)
+
+
+class FinetuneParams(TrainParams):
+    """Stage `finetune`: E_ID and E_F only, F frozen, at a lower lr (the paper: 20K iterations on HDTF)."""
+
+    iters: int = Field(default=100, ge=1)
+    lr: float = Field(default=1e-4, gt=0, le=1)
+
+
+def ss_layer_count(resolution: int, order: str) -> int:
+    """StyleSpace layers of a generator at `resolution` in `order` (all: 3 log2(R) - 4, toRGB included; conv:
+    2 log2(R) - 3): the counts of pipeline.models.stylegan2.ss_layer_table, without importing torch."""
+    log = resolution.bit_length() - 1
+    return 3 * log - 4 if order == "all" else 2 * log - 3
+
+
 class SplitParams(_Section):
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
@@ -221,6 +304,22 @@ class Params(_Section):
     generator: GeneratorParams = GeneratorParams()
     analyzer: AnalyzerParams = AnalyzerParams()
     evaluate: EvaluateParams = EvaluateParams()
+    loss: LossParams = LossParams()
+    pretrain: PretrainParams = PretrainParams()
+    finetune: FinetuneParams = FinetuneParams()
+
+    @model_validator(mode="after")
+    def _sf_layers_exist(self) -> "Params":
+        # the trained toy generator renders at prepare.size: "order: conv, count: 10" cannot exist at 64 px (9 conv
+        # layers). A converted checkpoint's resolution is known only when the training stages load it (they check).
+        if self.generator.source == "train":
+            sf, size = self.model.sf_layers, self.prepare.size
+            if size & (size - 1) == 0 and sf.count > ss_layer_count(size, sf.order):
+                raise ValueError(f"model.sf_layers: order {sf.order!r}, count {sf.count} needs {sf.count} StyleSpace "
+                                 f"layers, but the {size} px generator (generator.source train renders at prepare.size) "
+                                 f"has {ss_layer_count(size, sf.order)} in that order; lower model.sf_layers.count or use "
+                                 f"order 'all' ({ss_layer_count(size, 'all')} layers)")
+        return self
 
 
 SHARED_SECTIONS = ("seed", "split", "model", "analysis", "assets")  # read by several stages

@@ -174,11 +174,13 @@ def refine_wplus(G: nn.Module, wplus: torch.Tensor, x: torch.Tensor, m: torch.Te
     """A short per-image optimisation of W+ from the encoder's estimate (G frozen)."""
     wplus = wplus.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([wplus], lr=lr)
+    fused, G.fused_modconv = G.fused_modconv, False  # faster with gradients on CPU (see train_autoencoder)
     for _ in range(steps):
         loss = reconstruction_loss(G.synthesis(wplus, randomize_noise=False), x, m, feature_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    G.fused_modconv = fused
     return wplus.detach()
 
 

@@ -22,3 +22,9 @@ MODELS = Path("models")
 # Trained networks (the toy world's counterparts of the paper's pre-trained FFHQ StyleGAN2 and face analysers).
 GENERATOR_CHECKPOINT = MODELS / "generator.pt"
 ANALYZER_CHECKPOINT = MODELS / "analyzer.pt"
+
+# The hybrid-latent encoder (stages `pretrain` and `finetune`): each stage's trained encoder + latent discriminator,
+# and the resumable training state (not a DVC output: it survives a killed run; see pipeline/train.py).
+ENCODER_PRETRAIN = MODELS / "encoder_pretrain.pt"
+ENCODER_CHECKPOINT = MODELS / "encoder.pt"
+TRAIN_STATE = Path("checkpoints")

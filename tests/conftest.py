@@ -45,6 +45,19 @@ TINY = {
     "analyzer.iters": 4,
     "analyzer.batch_size": 8,
     "analyzer.eval_pairs": 20,
+    "model.encoder.units": [1, 1, 1, 1],
+    "model.encoder.widths": [16, 16, 16, 16],
+    "loss.gv_patch": 4,
+    "pretrain.iters": 4,
+    "pretrain.batch_size": 4,
+    "pretrain.checkpoint_every": 2,
+    "pretrain.log_every": 1,
+    "pretrain.eval_triples": 4,
+    "finetune.iters": 3,
+    "finetune.batch_size": 4,
+    "finetune.checkpoint_every": 2,
+    "finetune.log_every": 1,
+    "finetune.eval_triples": 4,
 }
 
 
