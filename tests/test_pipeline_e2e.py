@@ -66,7 +66,8 @@ def _runs(repo: Path):
 
 def test_repro_then_experiments_land_in_one_store(tiny_repo):
     repo, env = tiny_repo
-    stages = ["analyzer", "data", "generator", "prepare"]
+    stages = ["analyzer", "data", "finetune", "generator", "prepare", "pretrain"]
+    after_prepare = ["analyzer", "finetune", "generator", "prepare", "pretrain"]  # everything downstream of `prepare`
     _run(["dvc", "repro"], repo, env)
     data = json.loads((repo / "metrics" / "data.json").read_text())
     prep = json.loads((repo / "metrics" / "prepare.json").read_text())
@@ -88,12 +89,17 @@ def test_repro_then_experiments_land_in_one_store(tiny_repo):
 
     # nothing changed: nothing re-runs, no new runs
     _run(["dvc", "repro"], repo, env)
-    assert len(_runs(repo)) == 4
+    assert len(_runs(repo)) == 6
 
     # a changed `prepare` param re-runs `prepare` and what depends on its output, not `data`
     _run(["dvc", "exp", "run", "-S", "prepare.mask_dilation=0.1"], repo, env)
     runs = _runs(repo)
-    assert sorted(runs["tags.stage"]) == ["analyzer", "analyzer", "data", "generator", "generator", "prepare", "prepare"]
+    assert sorted(runs["tags.stage"]) == sorted(stages + after_prepare)
+
+    # the user's knob: a loss weight re-runs the two training stages and nothing upstream
+    _run(["dvc", "exp", "run", "-S", "loss.lambda_id=0.5"], repo, env)
+    runs = _runs(repo)
+    assert sorted(runs["tags.stage"]) == sorted(stages + after_prepare + ["finetune", "pretrain"])
 
     _run(["dvc", "exp", "run", "-S", "data.n_identities=6"], repo, env)
     _run(["dvc", "exp", "run", "--queue", "-S", "data.n_identities=4"], repo, env)
@@ -101,16 +107,16 @@ def test_repro_then_experiments_land_in_one_store(tiny_repo):
     _run(["dvc", "exp", "run", "--run-all"], repo, env)
 
     runs = _runs(repo)
-    assert len(runs) == 4 + 3 + 3 * 4, runs[["tags.stage", "tags.dvc_exp_name"]]
+    assert len(runs) == 6 + 5 + 2 + 3 * 6, runs[["tags.stage", "tags.dvc_exp_name"]]
     assert set(runs["status"]) == {"FINISHED"}
     names = set(runs["tags.dvc_exp_name"]) - {"(workspace)"}
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env))
     experiments = {e["name"] for base in shown for e in (base.get("experiments") or []) if e.get("name")}
-    assert len(names) == 4 and names <= experiments, (names, experiments)
+    assert len(names) == 5 and names <= experiments, (names, experiments)
     stage_sets = sorted(tuple(sorted(runs.loc[runs["tags.dvc_exp_name"] == name, "tags.stage"])) for name in names)
-    assert stage_sets == sorted([("analyzer", "generator", "prepare"), *[tuple(stages)] * 3])
+    assert stage_sets == sorted([tuple(after_prepare), ("finetune", "pretrain"), *[tuple(stages)] * 3])
     identities = sorted(float(v) for v in runs.loc[runs["tags.stage"] == "data", "params.data.n_identities"])
     assert identities == [4, 5, 6, 7]
     queued = runs[runs["tags.workdir"].str.contains(".dvc/tmp/exps", regex=False)]
-    assert len(queued) == 8  # the queued pair ran in temporary copies and still logged here
+    assert len(queued) == 12  # the queued pair ran in temporary copies and still logged here
     assert not list(repo.glob(".dvc/tmp/exps/**/mlflow.db"))
