@@ -114,7 +114,10 @@ def test_a_killed_run_resumes_to_the_same_bytes(world, tmp_path):
     _run("pretrain", ref, **overrides)
 
     run = _workspace(world, tmp_path / "killed", _raw(**overrides))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # the same intra-op thread count as this process (an earlier test may have changed it): float reductions, and
+    # so the bytes, depend on it (README, "Reproducibility")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain"], cwd=run, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state = run / TRAIN_STATE / "pretrain" / "last.pt"
