@@ -9,7 +9,6 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.store import (FrameDataset, PreparedStore, StoreError, TripletDataset, load_split, write_clip,

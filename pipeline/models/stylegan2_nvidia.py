@@ -534,7 +534,6 @@ def _to_rosinality(path: str, key: str, root: PersistentMeta, tensors: dict[str,
             raise fail(f"{name} is not the normalised [1, 3, 3, 1] filter")
         used.add(name)
 
-    noises: list[tuple[str, int]] = []  # (NVIDIA layer, resolution) in rosinality's noise order
     convs = [("synthesis.b4.conv1", "conv1", 4, channels[4], channels[4])]
     torgbs = [("synthesis.b4.torgb", "to_rgb1", channels[4])]
     for k, r in enumerate(resolutions[1:]):

@@ -255,7 +255,7 @@ class FaceModel:
 
     def _jaw(self, theta: np.ndarray, open_d: np.ndarray) -> np.ndarray:
         """Front outline from the image-left ear (theta 0) over the chin (pi/2) to the right ear (pi)."""
-        k, p = self.k, self.jaw_power
+        p = self.jaw_power
         cos, sin = np.cos(theta), np.abs(np.sin(theta))
         s = sin ** (2.0 / p)
         x = -self._jaw_halfwidth(s) * np.sign(cos) * np.abs(cos) ** (2.0 / p)
