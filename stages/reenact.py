@@ -56,7 +56,6 @@ def run(ctx: StageContext) -> StageResult:
     bar = _progress(ctx, len(jobs))
     with atomic_dir(ctx.root / REENACTED) as out:
         for job in jobs:
-            folder = out / job.protocol
             driving = store.frames(job.driving_clip)
             n = len(driving) if section.max_frames is None else min(len(driving), section.max_frames)
             target = store.frames(job.target_clip) if job.target_clip else None
