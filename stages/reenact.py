@@ -10,7 +10,8 @@ Output folder data/reenacted/ (what the `evaluate` stage reads; paths in index.c
     <protocol>/<adaptation>/<name>.npy   uint8 [T, S, S, 3] re-enacted frames (exact: what `evaluate` scores)
     <protocol>/<adaptation>/<name>.mp4   the same frames for viewing (pipeline/video.py)
 protocol: same | cross | robustness (pipeline.reenact.plan_jobs); adaptation: cma | none | pti
-(params reenact.adaptations). Also models/edits.pt (pipeline/edits.py) and metrics/reenact.json.
+(params reenact.adaptations). Also models/edits.pt (pipeline/edits.py), metrics/reenact.json and
+reports/reenact/samples.png (driving frames, each adaptation's re-enactment and the ground truth, two videos).
 
 metrics/reenact.json holds counts, each adapted video's step count, why it stopped and its final losses, and a
 quick L1 per protocol and adaptation; the seconds CMA and PTI take per video go to MLflow only (time.*; timings
@@ -24,7 +25,7 @@ import numpy as np
 
 from pipeline.io import atomic_dir, write_text
 from pipeline.paths import ANALYZER_CHECKPOINT, EDIT_DIRECTIONS, ENCODER_CHECKPOINT, GENERATOR_CHECKPOINT, \
-    PREPARED, REENACTED
+    PREPARED, REENACTED, REPORTS
 from pipeline.stage import Stage, StageContext, StageResult
 
 INDEX_COLUMNS = ("protocol", "adaptation", "name", "pred", "driving", "source", "target", "landmarks")
@@ -112,6 +113,7 @@ def run(ctx: StageContext) -> StageResult:
         write_text(out / "index.csv", table.to_csv(index=False, lineterminator="\n"))
     if bar is not None:
         bar.close()
+    figure = _sample_grid(ctx.root / REPORTS / "reenact" / "samples.png", ctx.root / REENACTED, rows)
     directions = _edit_directions(ctx, models, store)
     _log_curves(curves)
     for adaptation in adapted:
@@ -131,7 +133,8 @@ def run(ctx: StageContext) -> StageResult:
                   for d in directions],
         "inputs": models.inputs,
     }
-    return StageResult(metrics=metrics, timings=timings, tags={"device": str(models.device)})
+    return StageResult(metrics=metrics, timings=timings, tags={"device": str(models.device)},
+                       artifacts=[figure] if figure else [])
 
 
 def _save_npy(path, array) -> None:
@@ -151,6 +154,35 @@ def _render(engine, source, driving, batch_size: int, path) -> np.ndarray:
     out.flush()
     del out
     return np.load(path, mmap_mode="r")
+
+
+def _sample_grid(path, reenacted, rows: list[dict], columns: int = 6):
+    """The first same- and cross-identity videos: driving frames, each adaptation's re-enactment (and the ground
+    truth of the cross render) at `columns` evenly spaced frames."""
+    import shutil
+
+    from pipeline.plots import image_grid
+
+    shutil.rmtree(path.parent, ignore_errors=True)
+    images, titles = [], []
+    for protocol in ("same", "cross"):
+        mine = [r for r in rows if r["protocol"] == protocol]
+        if not mine:
+            continue
+        first = [r for r in mine if r["name"] == mine[0]["name"]]
+        driving = np.load(reenacted / first[0]["driving"], mmap_mode="r")
+        t = np.linspace(0, len(driving) - 1, columns).round().astype(int)
+        series = [(f"{protocol}: driving", first[0]["driving"])] + \
+            [(f"{protocol}: {r['adaptation']}", r["pred"]) for r in first] + \
+            ([(f"{protocol}: ground truth", first[0]["target"])] if first[0]["target"] else [])
+        for label, rel in series:
+            frames = np.load(reenacted / rel, mmap_mode="r")
+            images += [np.array(frames[i]) for i in t]
+            titles += [f"{label}, t={i}" for i in t]
+    if not images:
+        return None
+    return image_grid(path, images, titles, ncols=columns, suptitle="reenact: held-out videos (rows: driving, "
+                                                                    "re-enactments, ground truth)")
 
 
 def _uses_lpips(section) -> bool:

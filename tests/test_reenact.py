@@ -298,7 +298,7 @@ def test_stage_writes_what_evaluate_reads(world, tmp_path):
     assert "seconds" not in text and str(world) not in text
     names = [e["name"] for e in metrics["edits"]]
     assert names[:3] == ["pc0", "pc1", "pc2"] and "face_width" in names and "hair_style" not in names
-    assert (world / EDIT_DIRECTIONS).is_file()
+    assert (world / EDIT_DIRECTIONS).is_file() and (world / "reports/reenact/samples.png").is_file()
     # byte-identical on a re-run (same machine and thread count)
     first = _tree(out)
     shutil.rmtree(out)
