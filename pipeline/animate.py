@@ -133,6 +133,8 @@ def animate(
     for what, p in (("source", source), ("driving video", driving)):
         if not p.is_file():
             raise ReenactError(f"{p}: no such file (the {what}); give its path")
+    if edits:
+        EditSchedule.parse(list(edits), list(directions or []), 1)  # a bad --edit fails before any decoding
     if detect is None and crop:
         from pipeline.faces import DlibDetector
 
