@@ -317,7 +317,7 @@ def fmt(x: float, digits: int = 3) -> str:
         return "inf" if x > 0 else "-inf"
     if x == 0:
         return "0"
-    magnitude = math.floor(math.log10(abs(x)))
+    magnitude = math.floor(math.log10(abs(float(f"{x:.{digits - 1}e}"))))  # of the rounded value: 0.99995 -> 1.00
     if magnitude < -4 or magnitude >= 6:
         return f"{x:.{digits - 1}e}"
     decimals = max(0, digits - 1 - magnitude)
@@ -363,16 +363,21 @@ def table_markdown(table: AblationTable, title: str = "Ablations") -> str:
         for row, cells in table.rows.items():
             lines.append(f"| {row} | " + " | ".join(cell_text(cells[m]) for m in ms) + " |")
         lines.append("")
-    sig = significant_differences(table)
-    lines += ["## Differences from `full`", ""]
-    if not sig:
-        lines.append("No paired comparison with `full` (no `full` row, or no shared seeds).")
+    tested = significant_differences(table)
+    sig = [t for t in tested if t[2].significant]
+    lines += ["## Significant differences from `full`", ""]
+    if not tested:
+        lines.append("No paired comparison with `full` (no `full` row, or no seed shared with it).")
+    elif not sig:
+        lines.append(f"None of the {len(tested)} paired comparisons with `full` has p < {table.alpha}.")
     else:
         lines.append("| row | metric | row - full | p | paired units | verdict |")
         lines.append("|---|---|---|---|---|---|")
         for row, m, cell in sig:
             lines.append(f"| {row} | {m} | {fmt(cell.difference)} | {fmt(cell.p_value, 2)} | {cell.n_pairs} | "
                          f"{_verdict(m, cell)} |")
+        lines += ["", f"The other {len(tested) - len(sig)} of {len(tested)} paired comparisons have p >= {table.alpha} "
+                      f"(every p-value: the summary runs' `<metric>.p` in MLflow)."]
     lines.append("")
     return "\n".join(lines)
 
@@ -582,7 +587,8 @@ def ablation_report(
     out_dir = Path(out_dir)
     write_text(out_dir / "ablations.md", table_markdown(table))
     write_text(out_dir / "ablations.html", table_html(table))
-    result: dict[str, Any] = {"table": table, "markdown": out_dir / "ablations.md", "html": out_dir / "ablations.html"}
+    result: dict[str, Any] = {"table": table, "markdown": out_dir / "ablations.md", "html": out_dir / "ablations.html",
+                              "tracking_uri": tracking_uri}
     if log_mlflow:
         exp_id, ids = log_summary_runs(table, tracking_uri)
         result.update(experiment_id=exp_id, summary_runs=ids, url=compare_url(base_url, exp_id, ids))

@@ -236,8 +236,8 @@ def test_report_markdown_html_summary_runs_and_url(store, tmp_path):
     assert "| full | 0.0811 ± 0.00018 | 1.10 ± 0.14 |" in md
     assert "| w/o ID reg | 0.0910 ± 0.00035 * | 1.55 ± 0.071 |" in md
     assert "| w/o CMA | 0.0811 ± 0.00018 | 1.20 ± 0.14 |" in md  # seed means 0.08125, 0.081
-    assert "| w/o ID reg | same.l1 |" in md and "significantly worse than full" in md
-    assert "| w/o CMA | same.l1 |" in md and "not significant" in md
+    assert "| w/o ID reg | same.l1 | 0.00987 | 0.0078 | 8 | significantly worse than full |" in md  # p = 2/2^8
+    assert "| w/o CMA | same.l1 |" not in md and "The other 3 of 4 paired comparisons have p >= 0.05" in md
     assert "<td>w/o ID reg</td>" in (tmp_path / "reports" / "ablations.html").read_text()
     ids = result["summary_runs"]
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -261,3 +261,27 @@ def test_no_runs_says_what_to_run(store, tmp_path):
     ws, _ = store
     with pytest.raises(AblationError, match=r"no finished `evaluate` runs of grid ffffffffffff .*run `reenact ablate`"):
         ablation_report(f"sqlite:///{ws / 'mlflow.db'}", tmp_path, "f" * 12)
+
+
+def test_cli_ablate_dry_run_prints_the_grid_and_bad_input_exits_2(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    done = runner.invoke(app, ["ablate", "--dry-run", "--seed", "0", "--seed", "2", "--row", "full", "--row",
+                               "w/o Hybrid", "-S", "pretrain.iters=20", "--jobs", "2"])
+    assert done.exit_code == 0, done.output
+    lines = done.output.strip().splitlines()
+    assert lines[0] == "dvc exp run --queue -S pretrain.iters=20 -S loss.id_reg=true -S model.hybrid=true -S seed=0"
+    assert lines[2].startswith("dvc exp run --queue -S pretrain.iters=20 -S loss.id_reg=true -S model.hybrid=false "
+                               "-S seed=0 -S 'reenact.adaptations.same=[cma]'")
+    assert len(lines) == 5 and lines[-1] == "dvc exp run --run-all --jobs 2"
+    bad = runner.invoke(app, ["ablate", "--dry-run", "-S", "pretrain.iterz=20"])
+    assert bad.exit_code == 2 and "pretrain.iterz: unknown key; did you mean 'pretrain.iters'?" in bad.output
+    seed = runner.invoke(app, ["ablate", "--dry-run", "-S", "seed=3"])
+    assert seed.exit_code == 2 and "set by the grid itself" in seed.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]  # nothing run, nothing written
