@@ -384,5 +384,179 @@ def evaluate(
     typer.echo(f"{out}: {len(result['per_video'])} video(s), {result['frames']} frame(s), protocol {protocol}")
 
 
+@app.command()
+def reenact(dry_run: bool = DRY_RUN) -> None:
+    """Stage `reenact`: the evaluation protocols' re-enacted videos (with / without CMA, PTI) and edit directions."""
+    _stage("reenact", dry_run)
+
+
+from pipeline.paths import EDIT_DIRECTIONS as EDITS_FILE, ENCODER_CHECKPOINT, GENERATOR_CHECKPOINT  # noqa: E402
+
+
+@app.command()
+def animate(
+    source: Path = typer.Option(..., "--source", help="the portrait: an image (jpg, png, ...) or a video (its first tracked face)"),
+    driving: Path = typer.Option(..., "--driving", help="the driving video (mp4, mov, avi, mkv, webm)"),
+    out: Path = typer.Option(..., "--out", help="output .mp4 (the driving video's frame rate and audio)"),
+    cma: bool = typer.Option(False, "--cma", help="Cyclic Manifold Adjustment: fine-tune a copy of G for this pair "
+                                                  "(settings: params reenact.cma)"),
+    edit: list[str] = typer.Option([], "--edit", help="NAME=STRENGTH or NAME=A:B (ramped over the video), repeatable; "
+                                                      "names: pc0, pc1, ... and, with the stage's edits file, glasses, beard, ..."),
+    side_by_side: bool = typer.Option(False, "--side-by-side", help="write source | driving | result"),
+    crop: bool = typer.Option(True, "--crop/--no-crop", help="find and crop the faces as `prepare` does (--no-crop: "
+                                                            "the inputs already are aligned face crops)"),
+    generator: Path = typer.Option(GENERATOR_CHECKPOINT, "--generator", help="generator checkpoint (native format)"),
+    encoder: Path = typer.Option(ENCODER_CHECKPOINT, "--encoder", help="encoder checkpoint trained for it"),
+    edits_file: Path = typer.Option(EDITS_FILE, "--edits-file",
+                                    help="edit directions of the `reenact` stage (if absent: GANSpace ones from G)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]"),
+    params_path: Optional[Path] = typer.Option(None, "--params", help="params file (default: the workspace's params.yaml)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on stderr"),
+) -> None:
+    """Animate one portrait with a driving video: crop both faces, re-enact (Eq. 3), optionally CMA and edits."""
+    result = _run(_animate, source, driving, out, cma, edit, side_by_side, crop, generator, encoder, edits_file,
+                  device, params_path, progress)
+    extra = f", CMA {result.cma_steps} steps" if result.cma_steps is not None else ""
+    typer.echo(f"{result.out}: {result.frames} frame(s) at {float(result.fps):g} fps, "
+               f"{'audio kept' if result.audio else 'no audio in the driving video'}{extra}")
+
+
+def _animate(source, driving, out, cma, edits, side_by_side, crop, generator, encoder, edits_file, device,
+             params_path, progress):
+    from pipeline.animate import animate as run_animate
+    from pipeline.config import load_params
+    from pipeline.reenact import load_models
+
+    params = load_params(params_path)
+    models = load_models(generator, encoder, device)
+    directions = None
+    if edits:
+        from pipeline.edits import ganspace_directions, load_directions
+
+        from pipeline.checkpoint import CheckpointError
+
+        e = params.reenact.edits
+        directions = None
+        if edits_file.is_file():
+            try:
+                directions = load_directions(edits_file, models.inputs)
+            except CheckpointError:
+                if edits_file != EDITS_FILE:  # the user named it: it must fit
+                    raise
+                console.print(f"note: {edits_file} belongs to other networks; using GANSpace directions of "
+                              f"{generator} (pc0 ... pc{e.components - 1})", highlight=False, markup=False)
+        if directions is None:
+            directions = ganspace_directions(models.G, e.components, e.samples, params.seed)
+    settings, perceptual = None, None
+    if cma:
+        from pipeline.losses import perceptual_network
+
+        c = params.reenact.cma
+        settings = {"steps": c.steps, "lr": c.lr, "frames_per_step": c.frames_per_step, "layers": c.layers,
+                    "lambda_l2": c.lambda_l2, "lambda_lpips": c.lambda_lpips, "stop_below": c.stop_below,
+                    "patience": c.patience}
+        if c.lambda_lpips > 0:
+            toy = None
+            if params.reenact.lpips_net == "lpips_toy":
+                from pipeline.analysis.toy import ToyAnalyzer
+
+                from pipeline.paths import ANALYZER_CHECKPOINT, workspace
+
+                toy = ToyAnalyzer.load(workspace() / ANALYZER_CHECKPOINT, device=models.device)
+            perceptual = perceptual_network(params.reenact.lpips_net, toy, params.assets, models.device)
+    prep = params.prepare
+    return run_animate(models, source, driving, out, crop=crop, upsample=prep.upsample, increase=prep.increase,
+                       iou_with_initial=prep.iou_with_initial, max_gap=prep.max_gap, cma=settings,
+                       perceptual=perceptual, edits=edits, directions=directions, side_by_side=side_by_side,
+                       batch_size=params.reenact.batch_size, seed=params.seed, progress=progress)
+
+
+SET_PARAM = typer.Option([], "-S", "--set-param", help="key=value for every experiment of the grid, as `dvc exp run -S` "
+                                                     "(repeatable; e.g. -S pretrain.iters=1000)")
+
+
+@app.command()
+def ablate(
+    set_param: list[str] = SET_PARAM,
+    profile: Optional[str] = typer.Option(None, "--profile", help="a params profile's overrides too (profiles/<name>.yaml, "
+                                                                  "e.g. toy-full)"),
+    seeds: Optional[list[int]] = typer.Option(None, "--seed", help="seeds, repeatable (default: params report.ablate.seeds)"),
+    rows: Optional[list[str]] = typer.Option(None, "--row", help="model rows to train, repeatable: full, 'w/o ID reg', "
+                                                                 "'w/o Hybrid' (default: all three; w/o CMA and "
+                                                                 "CMA -> PTI come with full)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="experiments run in parallel (default: params "
+                                                                    "report.ablate.jobs)"),
+    all_adaptations: bool = typer.Option(False, "--all-adaptations", help="re-enact the w/o ID reg and w/o Hybrid rows "
+                                                                          "with every adaptation, not only cma"),
+    table_only: bool = typer.Option(False, "--table-only", help="run nothing: build the table from the runs in mlflow.db"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc commands, run nothing"),
+    url: Optional[str] = typer.Option(None, "--url", help="MLflow UI address for the printed link (default: params "
+                                                          "report.ablate.mlflow_url)"),
+) -> None:
+    """The paper's ablation grid as DVC experiments (full, w/o ID reg, w/o Hybrid x seeds; w/o CMA and CMA -> PTI
+    from the full model), then its table: reports/ablations.md and .html, and its MLflow view (a URL)."""
+    from pipeline.ablation import MODEL_ROWS
+
+    result = _run(_ablate, set_param, profile, seeds, rows or list(MODEL_ROWS), jobs, all_adaptations, table_only,
+                  dry_run, url)
+    if result is not None:
+        _print_ablation(result)
+
+
+def _ablate(set_param, profile, seeds, rows, jobs, all_adaptations, table_only, dry_run, url):
+    from pipeline.ablation import ablate as run_ablate, parse_overrides
+    from pipeline.config import load_params
+    from pipeline.paths import workspace
+
+    overrides = {}
+    if profile:
+        from profiles import overrides as profile_overrides
+
+        overrides.update(profile_overrides(profile))
+    overrides.update(parse_overrides(set_param))
+    root = workspace()
+    settings = load_params(root / "params.yaml").report
+    return run_ablate(root, overrides, rows, seeds or settings.ablate.seeds, jobs or settings.ablate.jobs,
+                      settings.alpha, url or settings.ablate.mlflow_url, table_only=table_only, dry_run=dry_run,
+                      all_adaptations=all_adaptations, echo=typer.echo)
+
+
+def _print_ablation(result: dict) -> None:
+    table = result["table"]
+    for row in table.rows:
+        typer.echo(f"{row:<32s} seeds {', '.join(str(s) for s in table.seeds[row])}")
+    typer.echo(f"{result['markdown']}, {result['html']}")
+    if "url" in result:
+        typer.echo(f"MLflow view (serve the store with: mlflow ui --backend-store-uri {result['tracking_uri']}):")
+        typer.echo(result["url"])
+
+
+report_app = typer.Typer(help="Stage `report` (Tables 1-3, figures, samples), then the ablation table.",
+                         invoke_without_command=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.callback()
+def report(
+    dry_run: bool = DRY_RUN,
+    ablations: bool = typer.Option(True, "--ablations/--no-ablations",
+                                   help="also build reports/ablations.md and its MLflow view from the store's runs of "
+                                        "this workspace's grid (when there are any)"),
+    set_param: list[str] = SET_PARAM,
+    url: Optional[str] = typer.Option(None, "--url", help="MLflow UI address for the printed link"),
+) -> None:
+    """Stage `report`, then (with runs in mlflow.db) the ablation table of the workspace's grid and its MLflow URL."""
+    _stage("report", dry_run)
+    if dry_run or not ablations:
+        return
+    from pipeline.ablation import AblationError
+
+    try:
+        result = _ablate(set_param, None, None, [], None, False, True, False, url)
+    except AblationError as e:
+        typer.echo(f"no ablation table: {e}")
+        return
+    _print_ablation(result)
+
 if __name__ == "__main__":
     app()

@@ -282,6 +282,82 @@ class FinetuneParams(TrainParams):
     lr: float = Field(default=1e-4, gt=0, le=1)
 
 
+Adaptation = Literal["cma", "none", "pti"]
+
+
+class ReenactParams(_Section):
+    """Stage `reenact` (pipeline/reenact.py, pipeline/cma.py, pipeline/edits.py): the evaluation protocols'
+    re-enacted videos with and without per-video generator adaptation, and the attribute edit directions."""
+
+    class Adaptations(_Section):
+        """Which generator each protocol re-enacts with: cma (Cyclic Manifold Adjustment, the full model), none
+        ("w/o CMA"), pti ("Ours - CMA + PTI"); an empty list skips the protocol."""
+
+        same: list[Adaptation] = ["cma", "none"]
+        cross: list[Adaptation] = ["cma", "none", "pti"]
+        robustness: list[Adaptation] = ["none"]
+
+    class CMA(_Section):
+        """Cyclic Manifold Adjustment (Eq. 15-18, pipeline/cma.py)."""
+
+        steps: int = Field(default=10, ge=0)  # Adam steps at most, per (source, driving video) pair
+        lr: float = Field(default=1e-3, gt=0, le=1)
+        frames_per_step: int = Field(default=4, ge=1)  # driving frames sampled per step
+        layers: list[str] = Field(default=["all"], min_length=1)  # G modules that move: all | conv1, convs.3, to_rgbs.1, ...
+        lambda_l2: float = Field(default=1.0, ge=0)  # Eq. 15's L = lambda_l2 MSE + lambda_lpips LPIPS
+        lambda_lpips: float = Field(default=1.0, ge=0)
+        stop_below: float = Field(default=0.0, ge=0)  # early stop when a step's loss is below this (0: off)
+        patience: int = Field(default=0, ge=0)  # early stop after N steps without a new lowest loss (0: off)
+
+    class PTI(_Section):
+        """PTI on the source only (pipeline/cma.py), the ablation's replacement of CMA."""
+
+        w_steps: int = Field(default=50, ge=0)  # W projection steps (PTI: 450)
+        w_lr: float = Field(default=0.01, gt=0, le=10)  # (PTI: 5e-3)
+        steps: int = Field(default=10, ge=0)  # pivotal tuning steps at most (PTI: 350)
+        lr: float = Field(default=1e-3, gt=0, le=1)  # (PTI: 3e-4)
+        layers: list[str] = Field(default=["all"], min_length=1)
+        lambda_l2: float = Field(default=1.0, ge=0)  # (PTI: 1)
+        lambda_lpips: float = Field(default=1.0, ge=0)  # (PTI: 1)
+        lpips_threshold: float = Field(default=0.48, ge=0)  # stop at LPIPS <= this (PTI: 0.06 with AlexNet; 0: off)
+
+    class Edits(_Section):
+        """Edit directions for Eq. 4 (pipeline/edits.py), written to models/edits.pt."""
+
+        components: int = Field(default=10, ge=1)  # GANSpace: principal components of W kept (pc0 ...)
+        samples: int = Field(default=10000, ge=16)  # z samples for the PCA
+        supervised: bool = True  # named directions fitted to the renderer's identity attributes (synthetic world)
+        frames_per_clip: int = Field(default=8, ge=1)  # training frames per clip encoded for that fit
+        ridge: float = Field(default=1.0, gt=0)  # ridge penalty of the fit
+
+    adaptations: Adaptations = Adaptations()
+    max_videos: int = Field(default=6, ge=1)  # per protocol, same and cross (the paper: every test video, 75)
+    max_frames: Optional[int] = Field(default=64, ge=1)  # first N stored frames per video (the paper: 500); null: all
+    batch_size: int = Field(default=16, ge=1)  # frames per encoder / generator call
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    lpips_net: Literal["lpips_toy", "lpips"] = "lpips_toy"  # CMA's / PTI's LPIPS (as loss.lpips_net)
+    cma: CMA = CMA()
+    pti: PTI = PTI()
+    edits: Edits = Edits()
+
+
+class ReportParams(_Section):
+    """Stage `report` (pipeline/report.py): Tables 1-3, figures, samples; and `reenact ablate`'s grid defaults."""
+
+    class Ablate(_Section):
+        """`reenact ablate` (pipeline/ablation.py): the paper's ablation grid as DVC experiments."""
+
+        seeds: list[int] = Field(default=[0, 1], min_length=1)  # one experiment per model row and seed (`seed=N`)
+        jobs: int = Field(default=1, ge=1, le=64)  # `dvc exp run --run-all --jobs N`
+        mlflow_url: str = "http://127.0.0.1:5000"  # where `mlflow ui` serves mlflow.db: the printed compare-runs URL
+
+    samples: int = Field(default=3, ge=0, le=64)  # videos per protocol in the sample grids (source | driving | ours | ...)
+    grid_frames: int = Field(default=6, ge=1, le=32)  # frames per video in a grid, evenly spaced
+    videos: int = Field(default=2, ge=0, le=64)  # side-by-side mp4s per protocol (same, cross), of the sampled videos
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # paired test threshold for the `*` marks (tables and ablations)
+    ablate: Ablate = Ablate()
+
+
 def ss_layer_count(resolution: int, order: str) -> int:
     """StyleSpace layers of a generator at `resolution` in `order` (all: 3 log2(R) - 4, toRGB included; conv:
     2 log2(R) - 3): the counts of pipeline.models.stylegan2.ss_layer_table, without importing torch."""
@@ -307,6 +383,8 @@ class Params(_Section):
     loss: LossParams = LossParams()
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
+    reenact: ReenactParams = ReenactParams()
+    report: ReportParams = ReportParams()
 
     @model_validator(mode="after")
     def _sf_layers_exist(self) -> "Params":

@@ -58,6 +58,16 @@ TINY = {
     "finetune.checkpoint_every": 2,
     "finetune.log_every": 1,
     "finetune.eval_triples": 4,
+    "reenact.max_videos": 2,
+    "reenact.max_frames": 6,
+    "reenact.batch_size": 4,
+    "reenact.cma.steps": 2,
+    "reenact.cma.frames_per_step": 2,
+    "reenact.pti.w_steps": 2,
+    "reenact.pti.steps": 2,
+    "reenact.edits.components": 3,
+    "reenact.edits.samples": 64,
+    "reenact.edits.frames_per_clip": 2,
 }
 
 
