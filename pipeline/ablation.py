@@ -515,7 +515,7 @@ def log_summary_runs(table: AblationTable, tracking_uri: str) -> tuple[str, list
     Returns (experiment id, the summary run ids in row order)."""
     import mlflow
 
-    from pipeline.tracking import _experiment_id as ensure_experiment
+    from pipeline.tracking import ensure_experiment
 
     client = _client(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)

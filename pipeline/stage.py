@@ -45,6 +45,11 @@ class ParamsView:
     def __init__(self, params: Params, sections: Iterable[str], stage: str):
         self._params, self._sections, self._stage = params, frozenset(sections), stage
 
+    def whole_for_tags(self) -> Params:
+        """Every section, for MLflow tags that name a run's configuration (e.g. its ablation grid) only: what a
+        stage writes must depend on its declared sections alone, or DVC would not re-run it when the rest changes."""
+        return self._params
+
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
             raise AttributeError(key)

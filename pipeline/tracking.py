@@ -49,7 +49,7 @@ def git_revision(cwd: Path | None = None) -> str:
         return "unknown"
 
 
-def _experiment_id(mlflow: Any, root: Path) -> str:
+def ensure_experiment(mlflow: Any, root: Path) -> str:
     from mlflow.exceptions import MlflowException
 
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
@@ -90,7 +90,7 @@ def stage_run(stage: str, params: Mapping[str, Any], workspace: Path | None = No
 
     root = store_root(workspace)
     mlflow.set_tracking_uri(tracking_uri(root))
-    experiment_id = _experiment_id(mlflow, root)
+    experiment_id = ensure_experiment(mlflow, root)
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     tags = {
         "stage": stage,

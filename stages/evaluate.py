@@ -36,7 +36,7 @@ def run(ctx: StageContext) -> StageResult:
     artifacts = write_outputs(ev, ctx.root)
     # the whole params (not only the declared sections) name the ablation grid of the run: MLflow tags only,
     # never an output, so DVC's view of what the stage reads stays exact
-    tags = log_runs(ev, params_tree(ctx.params._params), ctx.params.seed)
+    tags = log_runs(ev, params_tree(ctx.params.whole_for_tags()), ctx.params.seed)
     return StageResult(summary(ev), artifacts=artifacts, tags={**tags, "ablation": row_of_params(ctx.params)},
                        timings={f"evaluate.{k}": v for k, v in ev.timings.items()})
 

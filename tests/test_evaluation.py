@@ -345,3 +345,20 @@ def test_reenact_evaluate_end_to_end_on_real_footage(media, tmp_path, real_param
     assert set(r["networks"]["lpips"]["weights_sha256"]) == {f.name for f in (tmp_path / "assets").glob("alexnet-owt-*")} | {"lpips/weights/v0.1/alex.pth"}
     assert r["references"]["copy_source"]["aggregate"]["l_id_dlib"]["mean"] == pytest.approx(0, abs=1e-9)
     assert "lpips" in res.output and "eval.json: 2 video(s), 16 frame(s)" in res.output
+
+
+def test_exact_frames_beside_their_mp4_are_read_and_two_videos_of_one_name_are_refused(tmp_path):
+    """The reenact stage writes <name>.npy (exact) and <name>.mp4 (to watch) side by side: the npy is scored."""
+    from pipeline.evaluation.sources import find_pairs
+
+    pred, drv = tmp_path / "pred", tmp_path / "drv"
+    pred.mkdir(), drv.mkdir()
+    np.save(drv / "a.npy", _video(0, n=4))
+    np.save(pred / "a.npy", _video(0, n=4))
+    write_video(pred / "a.mp4", _video(1, n=4), fps=25)
+    pairs, problems = find_pairs(pred, drv)
+    assert not problems and [p.pred.name for p in pairs] == ["a.npy"]
+    (pred / "a.mov").write_bytes(b"another video of the same name")
+    (pred / "a.npy").unlink()
+    with pytest.raises(EvaluationError, match=r"two prediction files named 'a' \(a\.mov, a\.mp4\); keep one"):
+        find_pairs(pred, drv)

@@ -214,6 +214,10 @@ def _index(folder: Path, exts: tuple[str, ...], what: str) -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."):
             if p.stem in out:
+                exact = [q for q in (out[p.stem], p) if q.suffix.lower() in ARRAY_EXTS]
+                if len(exact) == 1:  # frames.npy beside the mp4 made from them (the reenact stage): the exact frames
+                    out[p.stem] = exact[0]
+                    continue
                 raise EvaluationError(f"{folder}: two {what} files named {p.stem!r} ({out[p.stem].name}, {p.name}); keep one")
             out[p.stem] = p
     return out
