@@ -1,6 +1,6 @@
 """End to end: the DVC pipeline on a tiny configuration in a temporary git repo.
 
-`dvc repro`, `dvc exp run -S ...` and a queued pair of experiments must all land their MLflow runs
+`dvc repro`, `dvc exp run -S ...`, the queued ablation grid (`reenact ablate`) and torchrun must all land their MLflow runs
 in the one store at the repo root (queued experiments run in a temporary copy under .dvc/tmp/exps).
 """
 from __future__ import annotations
@@ -58,16 +58,20 @@ def tiny_repo(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _runs(repo: Path):
+    """The stages' MLflow runs (the evaluate stage's per-row runs and the ablation tables carry `kind`, not `stage`)."""
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=["reenact"])
+    runs = mlflow.search_runs(experiment_names=["reenact"])
+    return runs[runs["tags.stage"].notna()] if "tags.stage" in runs else runs
+
+
+STAGES = ["analyzer", "data", "evaluate", "finetune", "generator", "prepare", "pretrain", "reenact", "report"]
+AFTER_LOSS = ["evaluate", "finetune", "pretrain", "reenact", "report"]  # what reads `loss` and what depends on it
 
 
 def test_repro_then_experiments_land_in_one_store(tiny_repo):
     repo, env = tiny_repo
-    stages = ["analyzer", "data", "finetune", "generator", "prepare", "pretrain"]
-    after_prepare = ["analyzer", "finetune", "generator", "prepare", "pretrain"]  # everything downstream of `prepare`
     _run(["dvc", "repro"], repo, env)
     data = json.loads((repo / "metrics" / "data.json").read_text())
     prep = json.loads((repo / "metrics" / "prepare.json").read_text())
@@ -79,44 +83,53 @@ def test_repro_then_experiments_land_in_one_store(tiny_repo):
     assert gen["resolution"] == 32 and gen["samples"]["finite"]
     assert analyzer["backend"] == "toy" and 0 <= analyzer["heldout"]["verification"]["accuracy"] <= 1
     assert set(analyzer["heldout"]["pose_mae_deg"]) == {"yaw", "pitch", "roll", "mean"}
-    assert (repo / "data" / "prepared" / "manifest.csv").is_file()
     assert (repo / "models" / "generator.pt").is_file() and (repo / "models" / "analyzer.pt").is_file()
-    for png in ("analyzer.png", "data_samples.png", "prepare_samples.png", "generator/samples.png", "generator/reconstructions.png"):
+    assert (repo / "models" / "encoder.pt").is_file() and (repo / "data" / "reenacted" / "index.csv").is_file()
+    for name in ("eval_same_id", "eval_cross_id", "eval_robustness"):
+        assert json.loads((repo / "metrics" / f"{name}.json").read_text()), name
+    tables = (repo / "reports" / "tables.md").read_text()
+    assert "Table 1" in tables and "Table 2" in tables and "Table 3" in tables
+    for png in ("analyzer.png", "data_samples.png", "prepare_samples.png", "generator/samples.png",
+                "generator/reconstructions.png", "pretrain/losses.png", "finetune/losses.png"):
         assert (repo / "reports" / png).stat().st_size > 1000
     runs = _runs(repo)
-    assert sorted(runs["tags.stage"]) == stages
+    assert sorted(runs["tags.stage"]) == STAGES
     assert set(runs["status"]) == {"FINISHED"}
+    # the baseline with its lock, as a user commits it: queued experiments start from it
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "repro"], repo, env)
 
     # nothing changed: nothing re-runs, no new runs
     _run(["dvc", "repro"], repo, env)
-    assert len(_runs(repo)) == 6
+    assert len(_runs(repo)) == len(STAGES)
 
-    # a changed `prepare` param re-runs `prepare` and what depends on its output, not `data`
-    _run(["dvc", "exp", "run", "-S", "prepare.mask_dilation=0.1"], repo, env)
-    runs = _runs(repo)
-    assert sorted(runs["tags.stage"]) == sorted(stages + after_prepare)
-
-    # the user's knob: a loss weight re-runs the two training stages and nothing upstream
+    # the user's knob: a loss weight re-runs the training stages and what follows them, nothing upstream
     _run(["dvc", "exp", "run", "-S", "loss.lambda_id=0.5"], repo, env)
     runs = _runs(repo)
-    assert sorted(runs["tags.stage"]) == sorted(stages + after_prepare + ["finetune", "pretrain"])
+    assert sorted(runs["tags.stage"]) == sorted(STAGES + AFTER_LOSS)
 
-    _run(["dvc", "exp", "run", "-S", "data.n_identities=6"], repo, env)
-    _run(["dvc", "exp", "run", "--queue", "-S", "data.n_identities=4"], repo, env)
-    _run(["dvc", "exp", "run", "--queue", "-S", "data.n_identities=7"], repo, env)
-    _run(["dvc", "exp", "run", "--run-all"], repo, env)
-
+    # the ablation grid: a queued experiment (run in a temporary copy under .dvc/tmp/exps) that still logs here,
+    # then the table in reports/ and in MLflow, with the workspace's run as the full model's row
+    out = _run(["reenact", "ablate", "--seed", "0", "--row", "w/o Hybrid"], repo, env)
     runs = _runs(repo)
-    assert len(runs) == 6 + 5 + 2 + 3 * 6, runs[["tags.stage", "tags.dvc_exp_name"]]
-    assert set(runs["status"]) == {"FINISHED"}
+    assert sorted(runs["tags.stage"]) == sorted(STAGES + AFTER_LOSS * 2), runs[["tags.stage", "tags.dvc_exp_name"]]
+    queued = runs[runs["tags.workdir"].str.contains(".dvc/tmp/exps", regex=False)]
+    assert sorted(queued["tags.stage"]) == AFTER_LOSS
+    assert set(queued["params.model.hybrid"].dropna()) == {"False"}  # the stages that read `model`
+    assert not list(repo.glob(".dvc/tmp/exps/**/mlflow.db"))
     names = set(runs["tags.dvc_exp_name"]) - {"(workspace)"}
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env))
     experiments = {e["name"] for base in shown for e in (base.get("experiments") or []) if e.get("name")}
-    assert len(names) == 5 and names <= experiments, (names, experiments)
-    stage_sets = sorted(tuple(sorted(runs.loc[runs["tags.dvc_exp_name"] == name, "tags.stage"])) for name in names)
-    assert stage_sets == sorted([tuple(after_prepare), ("finetune", "pretrain"), *[tuple(stages)] * 3])
-    identities = sorted(float(v) for v in runs.loc[runs["tags.stage"] == "data", "params.data.n_identities"])
-    assert identities == [4, 5, 6, 7]
-    queued = runs[runs["tags.workdir"].str.contains(".dvc/tmp/exps", regex=False)]
-    assert len(queued) == 12  # the queued pair ran in temporary copies and still logged here
-    assert not list(repo.glob(".dvc/tmp/exps/**/mlflow.db"))
+    assert len(names) == 2 and names <= experiments, (names, experiments)
+    table = (repo / "reports" / "ablations.md").read_text()
+    for row in ("full", "w/o CMA", "CMA -> PTI", "w/o Hybrid"):
+        assert f"| {row}" in table, (row, table)
+    assert "compare-runs" in out
+
+    # several processes: torchrun through the stage's own entry point; rank 0 alone writes and logs
+    before = len(_runs(repo))
+    _run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "stages.finetune"],
+         repo, env)
+    runs = _runs(repo)
+    assert len(runs) == before + 1 and set(runs["status"]) == {"FINISHED"}
+    assert json.loads((repo / "metrics" / "finetune.json").read_text())["steps"] == TINY["finetune.iters"]
