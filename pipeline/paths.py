@@ -29,7 +29,7 @@ ENCODER_PRETRAIN = MODELS / "encoder_pretrain.pt"
 ENCODER_CHECKPOINT = MODELS / "encoder.pt"
 TRAIN_STATE = Path("checkpoints")
 
-# Stage `reenact`: the evaluation protocols' re-enacted videos (layout: stages/reenact.py; read by `evaluate`) and
+# Stage `reenact`: the evaluation protocols' re-enacted videos (layout: pipeline/protocols.py; read by `evaluate`) and
 # the attribute edit directions of Eq. 4 (pipeline/edits.py).
 REENACTED = Path("data/reenacted")
 EDIT_DIRECTIONS = MODELS / "edits.pt"

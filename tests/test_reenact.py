@@ -130,33 +130,35 @@ MEMORY_PROBE = textwrap.dedent("""
         for _ in range(n):
             yield rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
 
-    for _ in engine.stream(source, video(64), 32):  # warm-up: what any video needs
-        pass
-    vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (vm + (24 << 20), resource.RLIM_INFINITY))  # + 24 MB from here on
+    for _ in range(2):  # warm-up: what any video needs (allocator caches included)
+        for _ in engine.stream(source, video(256), 32):
+            pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
     frames = list(video(T)) if materialise else video(T)
     kept, n = [], 0
     for chunk in engine.stream(source, frames, 32):
         n += len(chunk)
         if materialise:
             kept.append(chunk)
-    print("frames", n)
+    print("frames", n, "growth_mib", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024)
 """)
 
 
 @pytest.mark.parametrize("materialise", [False, True])
-def test_memory_is_flat_in_the_video_length_under_a_cap(tmp_path, materialise):
-    """6000 frames (18 MB of uint8 in, 18 MB out, 4x that as float tensors) stream through under a 24 MB address
-    space cap; holding the video in memory (the control) breaks the same cap, so the cap is binding."""
+def test_memory_is_flat_in_the_video_length(tmp_path, materialise):
+    """3000 frames (8.8 MiB of uint8 in, 8.8 MiB out) stream through with the peak resident memory growing by under
+    9 MiB after a warm-up (measured: 0-5 MiB, allocator noise, for 500 to 3000 frames); holding the video in memory
+    (the control, 17.6 MiB, partly in memory the warm-up had freed) grows it past that (measured 13.6 MiB), so the
+    check can fail. Peak RSS, not an address-space cap:
+    glibc reserves 64 MB of address space per thread arena, which made such a cap flaky."""
     script = tmp_path / "probe.py"
     script.write_text(MEMORY_PROBE)
-    run = subprocess.run([sys.executable, str(script), "6000", "materialise" if materialise else "stream"], cwd=REPO,
+    run = subprocess.run([sys.executable, str(script), "3000", "materialise" if materialise else "stream"], cwd=REPO,
                          capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    if materialise:
-        assert run.returncode != 0 and ("allocate" in run.stderr or "MemoryError" in run.stderr), run.stderr[-2000:]
-    else:
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert "frames 6000" in run.stdout
+    assert run.returncode == 0, run.stderr[-2000:]
+    frames, growth = run.stdout.split()[1], float(run.stdout.split()[3])
+    assert frames == "3000"
+    assert (growth > 9) if materialise else (growth < 9), run.stdout
 
 
 def test_frames_of_another_size_are_refused_with_the_fix():
