@@ -171,11 +171,12 @@ def test_a_term_with_weight_0_is_not_computed(world, tmp_path):
     assert "cross_id_to_source" not in out.metrics["heldout"]
 
 
-def test_only_the_encoder_stages_read_the_loss_section():
-    """So `dvc exp run -S loss.lambda_id=0.5` re-runs pretrain and finetune and nothing upstream."""
+def test_only_the_encoder_stages_and_evaluate_read_the_loss_section():
+    """So `dvc exp run -S loss.lambda_id=0.5` re-runs pretrain and finetune and nothing upstream (`evaluate`, downstream
+    anyway, reads `loss.id_reg` to name the ablation row)."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     readers = sorted(name for name, st in stages.items() if any(str(p).split(".")[0] == "loss" for p in st.get("params", [])))
-    assert readers == ["finetune", "pretrain"]
+    assert readers == ["evaluate", "finetune", "pretrain"]
     assert "models/encoder_pretrain.pt" in stages["finetune"]["deps"]
 
 
