@@ -285,3 +285,17 @@ def test_cli_ablate_dry_run_prints_the_grid_and_bad_input_exits_2(tmp_path, monk
     seed = runner.invoke(app, ["ablate", "--dry-run", "-S", "seed=3"])
     assert seed.exit_code == 2 and "set by the grid itself" in seed.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]  # nothing run, nothing written
+
+
+def test_installed_cli_finds_the_profiles_from_any_folder(tmp_path):
+    """`reenact ablate --profile toy-full`, as a user types it in a workspace (not the repo's folder on sys.path)."""
+    import subprocess
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    cli = shutil.which("reenact", path=str(Path(sys.executable).parent))
+    assert cli, "the `reenact` console script is not installed beside this Python"
+    done = subprocess.run([cli, "ablate", "--profile", "toy-full", "--dry-run", "--seed", "0", "--row", "full"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "-S pretrain.iters=1000" in done.stdout and "-S seed=0" in done.stdout
