@@ -71,6 +71,16 @@ TINY = {
 }
 
 
+def tiny_raw(**overrides) -> dict:
+    """The repo's params.yaml as a dict with TINY and then `overrides` (dotted keys) applied."""
+    from pipeline.config import set_dotted
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in {**TINY, **overrides}.items():
+        set_dotted(raw, key, value)
+    return raw
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests skip with a reason on machines without CUDA (the CI machine, these 2-core boxes)."""
     import torch

@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from pipeline.checkpoint import Checkpoint, CheckpointError, save_checkpoint
-from pipeline.config import set_dotted, validate_params
+from pipeline.config import validate_params
 from pipeline.edits import Direction, EditSchedule
 from pipeline.models.encoder import HybridEncoder, encoder_config, motion_layers
 from pipeline.models.stylegan2 import Generator
@@ -23,7 +22,7 @@ from pipeline.models.stylegan2_formats import save_native
 from pipeline.reenact import Models, ReenactError, Reenactor, load_models, to_uint8
 from pipeline.store import to_image
 from pipeline.train import ENCODER_KIND
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, tiny_raw
 
 SIZE = 32
 
@@ -211,20 +210,13 @@ def test_load_models_checks_the_pair_of_checkpoints(tmp_path):
 # ---------------------------------------------------------------------------------------- the stage
 
 
-def _raw(**overrides) -> dict:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in {**TINY, **overrides}.items():
-        set_dotted(raw, key, value)
-    return raw
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """The tiny world through finetune: what the reenact stage reads."""
     from pipeline.stage import load_stage
 
     root = tmp_path_factory.mktemp("world")
-    params = validate_params(_raw())
+    params = validate_params(tiny_raw())
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DVC_ROOT", str(tmp_path_factory.getbasetemp() / "mlflow"))  # never the repo's store
         for name in ("data", "prepare", "analyzer", "generator", "pretrain", "finetune"):
@@ -254,7 +246,7 @@ def test_stage_writes_what_evaluate_reads(world, tmp_path):
     from pipeline.stage import load_stage
     from pipeline.store import PreparedStore
 
-    params = validate_params(_raw())
+    params = validate_params(tiny_raw())
     g_before = _sha(world / GENERATOR_CHECKPOINT)
     metrics = load_stage("reenact").execute(params=params, root=world, progress=False)
     out = world / REENACTED
@@ -332,7 +324,7 @@ def test_stage_skips_a_protocol_with_no_adaptation(world):
     from pipeline.paths import REENACTED
     from pipeline.stage import load_stage
 
-    params = validate_params(_raw(**{"reenact.adaptations.same": [], "reenact.adaptations.cross": ["none"],
+    params = validate_params(tiny_raw(**{"reenact.adaptations.same": [], "reenact.adaptations.cross": ["none"],
                                      "reenact.adaptations.robustness": []}))
     metrics = load_stage("reenact").execute(params=params, root=world, progress=False)
     assert metrics["videos"] == {"cross": {"none": 2}}

@@ -17,27 +17,20 @@ import torch
 import yaml
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.config import set_dotted, validate_params
+from pipeline.config import validate_params
 from pipeline.paths import ENCODER_CHECKPOINT, ENCODER_PRETRAIN, METRICS, PREPARED, REPORTS, TRAIN_STATE
 from pipeline.stage import load_stage
 from pipeline.train import ENCODER_KIND, TRAINING_KIND, train_encoder
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, tiny_raw
 
 UPSTREAM = ("data", "prepare", "analyzer", "generator")  # dvc.yaml's order
-
-
-def _raw(**overrides) -> dict:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in {**TINY, **overrides}.items():
-        set_dotted(raw, key, value)
-    return raw
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """The tiny world through data, prepare, generator and analyzer (what the training stages read)."""
     root = tmp_path_factory.mktemp("world")
-    params = validate_params(_raw())
+    params = validate_params(tiny_raw())
     for name in UPSTREAM:
         load_stage(name).execute(params=params, root=root, progress=False)
     return root
@@ -59,13 +52,13 @@ def _workspace(world: Path, tmp: Path, raw: dict | None = None) -> Path:
     """A fresh workspace with the world's upstream outputs (and params.yaml / dvc.yaml, to run as DVC does)."""
     for rel in (PREPARED, Path("models")):
         shutil.copytree(world / rel, tmp / rel)
-    (tmp / "params.yaml").write_text(yaml.safe_dump(raw or _raw()))
+    (tmp / "params.yaml").write_text(yaml.safe_dump(raw or tiny_raw()))
     (tmp / "dvc.yaml").write_text("stages: {}\n")
     return tmp
 
 
 def _run(stage: str, root: Path, **overrides) -> dict:
-    return load_stage(stage).execute(params=validate_params(_raw(**overrides)), root=root, progress=False)
+    return load_stage(stage).execute(params=validate_params(tiny_raw(**overrides)), root=root, progress=False)
 
 
 def test_pretrain_and_finetune_write_their_outputs_and_finetune_freezes_f(world, tmp_path, capfd):
@@ -110,10 +103,10 @@ def test_a_killed_run_resumes_to_the_same_bytes(world, tmp_path):
     """SIGKILL mid-way, re-run the stage: it resumes from the last checkpoint and ends bit-identical to an
     uninterrupted run (same machine, same thread count)."""
     overrides = {"pretrain.iters": 16, "pretrain.checkpoint_every": 3}
-    ref = _workspace(world, tmp_path / "ref", _raw(**overrides))
+    ref = _workspace(world, tmp_path / "ref", tiny_raw(**overrides))
     _run("pretrain", ref, **overrides)
 
-    run = _workspace(world, tmp_path / "killed", _raw(**overrides))
+    run = _workspace(world, tmp_path / "killed", tiny_raw(**overrides))
     # the same intra-op thread count as this process (an earlier test may have changed it): float reductions, and
     # so the bytes, depend on it (README, "Reproducibility")
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -151,7 +144,7 @@ def test_resume_only_with_the_same_settings_and_raising_iters_continues(world, t
 
 def test_the_wplus_ablation_trains_w_offsets(world, tmp_path):
     root = _workspace(world, tmp_path)
-    out = train_encoder("pretrain", validate_params(_raw(**{"model.hybrid": False, "pretrain.iters": 2})), root,
+    out = train_encoder("pretrain", validate_params(tiny_raw(**{"model.hybrid": False, "pretrain.iters": 2})), root,
                         progress=False)
     style_dim = TINY["generator.style_dim"]
     ck = out.checkpoint
@@ -163,7 +156,7 @@ def test_a_term_with_weight_0_is_not_computed(world, tmp_path):
     """lambda_id 0 and lambda_lpips 0: no ID or LPIPS term, and the analyzer they would need is never loaded."""
     root = _workspace(world, tmp_path)
     (root / "models" / "analyzer.pt").unlink()
-    out = train_encoder("pretrain", validate_params(_raw(**{"loss.lambda_id": 0, "loss.lambda_lpips": 0,
+    out = train_encoder("pretrain", validate_params(tiny_raw(**{"loss.lambda_id": 0, "loss.lambda_lpips": 0,
                                                             "pretrain.iters": 2})), root, progress=False)
     columns = set(out.history[-1])
     assert "train/loss_id" not in columns and "train/loss_self_lpips" not in columns
@@ -188,7 +181,7 @@ def test_a_missing_lpips_asset_stops_before_training(world, tmp_path):
     with pytest.raises(AssetError, match="alexnet-owt-7be5be79.pth"):
         _run("pretrain", root, **{"loss.lpips_net": "lpips", "assets.lpips_alexnet.path": str(missing)})
     assert not (root / TRAIN_STATE).exists()
-    logged = load_stage("pretrain").execute(params=validate_params(_raw(**{"loss.lpips_net": "lpips"})), root=root,
+    logged = load_stage("pretrain").execute(params=validate_params(tiny_raw(**{"loss.lpips_net": "lpips"})), root=root,
                                             dry_run=True)
     assert list(logged["assets"]) == ["lpips_alexnet"]
 
@@ -217,14 +210,14 @@ def test_two_ddp_processes_stay_identical_and_match_one_process(world, tmp_path)
     import torch.multiprocessing as mp
 
     overrides = {"pretrain.iters": 3, "pretrain.batch_size": 4, "pretrain.checkpoint_every": 100, "loss.r1_every": 2}
-    ddp_root = _workspace(world, tmp_path / "ddp", _raw(**overrides))
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(ddp_root), _raw(**overrides), str(tmp_path)), nprocs=2)
+    ddp_root = _workspace(world, tmp_path / "ddp", tiny_raw(**overrides))
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(ddp_root), tiny_raw(**overrides), str(tmp_path)), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    one_root = _workspace(world, tmp_path / "one", _raw(**overrides, **{"pretrain.grad_accum": 2}))
+    one_root = _workspace(world, tmp_path / "one", tiny_raw(**overrides, **{"pretrain.grad_accum": 2}))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers
     try:
-        one = train_encoder("pretrain", validate_params(_raw(**overrides, **{"pretrain.grad_accum": 2})), one_root,
+        one = train_encoder("pretrain", validate_params(tiny_raw(**overrides, **{"pretrain.grad_accum": 2})), one_root,
                             progress=False).state
     finally:
         torch.set_num_threads(threads)
@@ -239,7 +232,7 @@ def test_two_ddp_processes_stay_identical_and_match_one_process(world, tmp_path)
 @pytest.mark.gpu
 def test_bf16_channels_last_on_gpu(world, tmp_path):
     root = _workspace(world, tmp_path)
-    out = train_encoder("pretrain", validate_params(_raw(**{"pretrain.iters": 3, "pretrain.device": "cuda",
+    out = train_encoder("pretrain", validate_params(tiny_raw(**{"pretrain.iters": 3, "pretrain.device": "cuda",
                                                            "pretrain.precision": "bf16"})), root, progress=False)
     assert out.tags["precision"] == "bf16" and out.tags["device"].startswith("cuda")
     assert all(torch.isfinite(torch.tensor(v)) for r in out.history for k, v in r.items() if k != "step")
