@@ -340,6 +340,12 @@ PROTOCOL_TITLE = {"same": "same identity (Table 1)", "cross": "cross identity (T
                   "robustness": "one-shot robustness (Table 3)"}
 
 
+def _protocol_rows(table: AblationTable, metrics: list[str]) -> dict[str, dict[str, Cell]]:
+    """The rows with a value in one of these metrics: a protocol re-enacted only without CMA (robustness by
+    default) has no `full` row, and the rows of the other protocols would be lines of dashes there."""
+    return {row: cells for row, cells in table.rows.items() if any(cells[m].n_seeds for m in metrics)}
+
+
 def table_markdown(table: AblationTable, title: str = "Ablations") -> str:
     """reports/ablations.md: one table per protocol, rows in the paper's order, and the significant differences."""
     lines = [f"# {title}", "",
@@ -360,7 +366,7 @@ def table_markdown(table: AblationTable, title: str = "Ablations") -> str:
         lines += [f"## {PROTOCOL_TITLE[protocol]}", ""]
         lines.append("| row | " + " | ".join(_metric_header(m) for m in ms) + " |")
         lines.append("|---|" + "---|" * len(ms))
-        for row, cells in table.rows.items():
+        for row, cells in _protocol_rows(table, ms).items():
             lines.append(f"| {row} | " + " | ".join(cell_text(cells[m]) for m in ms) + " |")
         lines.append("")
     tested = significant_differences(table)
@@ -419,7 +425,7 @@ def table_html(table: AblationTable, title: str = "Ablations") -> str:
             continue
         parts.append(f"<h2>{html.escape(PROTOCOL_TITLE[protocol])}</h2><table><tr><th>row</th>"
                      + "".join(f"<th>{html.escape(_metric_header(m))}</th>" for m in ms) + "</tr>")
-        for row, cells in table.rows.items():
+        for row, cells in _protocol_rows(table, ms).items():
             parts.append(f"<tr><td>{html.escape(row)}</td>"
                          + "".join(f"<td>{html.escape(cell_text(cells[m]))}</td>" for m in ms) + "</tr>")
         parts.append("</table>")

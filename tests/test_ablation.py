@@ -299,3 +299,23 @@ def test_installed_cli_finds_the_profiles_from_any_folder(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "-S pretrain.iters=1000" in done.stdout and "-S seed=0" in done.stdout
+
+
+def test_a_protocol_lists_only_the_rows_it_has_values_for():
+    """Robustness re-enacted without CMA only (the default) has no `full` row, and the other models' rows that exist
+    only there ('w/o Hybrid, w/o CMA') are not lines of dashes in the same- and cross-identity tables."""
+    from pipeline.ablation import RowRun, build_table, table_html, table_markdown
+
+    def run(row, aggregate):
+        return RowRun(run_id=row, row=row, seed=0, aggregate={k: {"mean": v} for k, v in aggregate.items()},
+                      per_video={})
+
+    table = build_table([run("full", {"same.l1": 0.08}), run("w/o CMA", {"same.l1": 0.09, "robustness.l1": 0.1}),
+                         run("w/o Hybrid, w/o CMA", {"robustness.l1": 0.11})], grid="g")
+    md = table_markdown(table)
+    same, robustness = md.split("## one-shot robustness")[0].split("## same identity")[1], md.split("## one-shot robustness")[1]
+    assert "| full | 0.0800 |" in same and "| w/o CMA | 0.0900 |" in same and "w/o Hybrid, w/o CMA" not in same
+    assert "| w/o CMA | 0.100 |" in robustness and "| w/o Hybrid, w/o CMA | 0.110 |" in robustness
+    assert "| full |" not in robustness.split("## Significant")[0]
+    html = table_html(table)
+    assert html.count("<td>w/o Hybrid, w/o CMA</td>") == 1 and html.count("<td>full</td>") == 1

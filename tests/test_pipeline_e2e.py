@@ -102,6 +102,10 @@ def test_repro_then_experiments_land_in_one_store(tiny_repo):
     # nothing changed: nothing re-runs, no new runs
     _run(["dvc", "repro"], repo, env)
     assert len(_runs(repo)) == len(STAGES)
+    # a fresh clone, or a queued experiment's copy, has no bytecode caches: the code deps must still match the lock
+    for cache in list(repo.rglob("__pycache__")):
+        shutil.rmtree(cache)
+    assert json.loads(_run(["dvc", "status", "--json"], repo, env)) == {}
 
     # the user's knob: a loss weight re-runs the training stages and what follows them, nothing upstream
     _run(["dvc", "exp", "run", "-S", "loss.lambda_id=0.5"], repo, env)
