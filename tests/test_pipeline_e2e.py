@@ -44,7 +44,9 @@ def tiny_repo(tmp_path_factory) -> tuple[Path, dict]:
     for key, value in TINY.items():
         set_dotted(params, key, value)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING"))}
+    # PYTHONDONTWRITEBYTECODE dropped: the stages write __pycache__ into their code deps, as on a user's machine
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DVC_", "MLFLOW_TRACKING")) and k != "PYTHONDONTWRITEBYTECODE"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     env.setdefault("GIT_AUTHOR_NAME", "test")
@@ -103,7 +105,9 @@ def test_repro_then_experiments_land_in_one_store(tiny_repo):
     _run(["dvc", "repro"], repo, env)
     assert len(_runs(repo)) == len(STAGES)
     # a fresh clone, or a queued experiment's copy, has no bytecode caches: the code deps must still match the lock
-    for cache in list(repo.rglob("__pycache__")):
+    caches = list(repo.rglob("__pycache__"))
+    assert any(c.parent.name == "models" for c in caches), "the stages should have written bytecode"
+    for cache in caches:
         shutil.rmtree(cache)
     assert json.loads(_run(["dvc", "status", "--json"], repo, env)) == {}
 
