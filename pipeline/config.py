@@ -184,7 +184,7 @@ class EvaluateParams(_Section):
         same: list[str] = ["l1", "psnr", "ssim", "lpips_toy", "l_id", "fid_toy", "fvd_toy", "fvd_m_toy",
                            "rho_au", "rho_gz", "rho_pose"]
         cross: list[str] = ["fid_toy", "fvd_toy", "fvd_m_toy", "rho_au_gz", "rho_pose", "l_id", "l1_gt", "psnr_gt",
-                            "ssim_gt", "l_id_gt"]
+                            "ssim_gt", "l_id_gt", "l_id_driver"]
         robustness: list[str] = ["l1", "lpips_toy", "l_id", "fid_toy", "fvd_toy"]
 
         @model_validator(mode="after")

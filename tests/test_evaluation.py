@@ -14,6 +14,7 @@ from scipy.ndimage import gaussian_filter
 from pipeline.config import validate_params
 from pipeline.evaluation import EvaluationError, evaluate_videos
 from pipeline.evaluation import engine
+from pipeline.evaluation.registry import METRICS
 from pipeline.metrics.image import l1_per_image, ssim_per_image
 from pipeline.video import write_video
 
@@ -217,6 +218,36 @@ def test_cross_protocol_against_ground_truth_renders(toy_ws, tmp_path):
     assert "--target" in r2["missing"]["l1_gt"]
     with pytest.raises(ValueError, match="not meaningful in the 'cross'"):
         evaluate_videos(pred, drv, source=src, protocol="cross", metrics=["l1"], **QUIET)
+
+
+def test_identity_leakage_to_the_driver_by_hand(toy_ws, tmp_path):
+    """l_id_driver = mean over frames of 1 - cos(phi(generated frame t), phi(driving frame t)), phi the identity
+    backend; its copy-source reference is the two identities' own distance."""
+    import torch
+
+    from pipeline.analysis import load_analyzer
+
+    pred, drv, src = (tmp_path / n for n in ("pred", "drv", "src"))
+    for d in (pred, drv, src):
+        d.mkdir()
+    other = _video(40, n=8)
+    np.save(drv / "c0.npy", _video(41, n=8))
+    np.save(pred / "c0.npy", _noisy(other, 20, seed=1))
+    np.save(src / "c0.npy", other[:1])
+    r = evaluate_videos(pred, drv, source=src, protocol="cross", metrics=["l_id_driver", "l_id"],
+                        identity_backend="toy", **QUIET)
+    net = load_analyzer("toy", validate_params(yaml.safe_load((toy_ws / "params.yaml").read_text())), root=toy_ws)
+    with torch.no_grad():
+        e_pred, e_drv, e_src = (net.identity(np.load(f / "c0.npy")).double().numpy() for f in (pred, drv, src))
+
+    def dist(a, b):
+        return 1 - (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+    assert r["per_video"]["c0"]["l_id_driver"] == pytest.approx(dist(e_pred, e_drv).mean(), rel=1e-5)
+    assert r["references"]["copy_source"]["per_video"]["c0"]["l_id_driver"] == pytest.approx(
+        dist(e_src, e_drv).mean(), rel=1e-5)
+    assert r["networks"]["l_id_driver"]["backend"] == "toy"
+    assert METRICS["l_id_driver"].higher_is_better and METRICS["l_id_driver"].protocols == ("cross",)
 
 
 def test_paired_test_between_two_methods(folders, tmp_path):

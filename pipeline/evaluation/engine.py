@@ -45,7 +45,7 @@ PSNR_CAP_DB = 60.0  # per-frame PSNR cap (libvmaf's for 8-bit video): identical 
 # method's frames never reach it (MSE 0.065: one value in 15 off by 1)
 FRECHET_DDOF = {"fid": 1, "fid_toy": 1, "fvd": 0, "fvd_m": 0, "fvd_toy": 0, "fvd_m_toy": 0}  # see frechet.py
 NETWORKS_OF = {
-    "lpips": ("lpips",), "lpips_toy": ("toy",), "l_id": ("identity",), "l_id_gt": ("identity",),
+    "lpips": ("lpips",), "lpips_toy": ("toy",), "l_id": ("identity",), "l_id_gt": ("identity",), "l_id_driver": ("identity",),
     "l_id_dlib": ("dlib_identity",), "fid": ("inception",), "fid_toy": ("toy",), "fvd": ("i3d",),
     "fvd_m": ("i3d", "landmarks"), "fvd_toy": ("toy",), "fvd_m_toy": ("toy", "landmarks"),
     "rho_au": ("motion",), "rho_gz": ("motion",), "rho_pose": ("motion",), "rho_au_gz": ("motion",),
@@ -361,13 +361,16 @@ def _feed(state: _VideoState, batch: dict[str, np.ndarray], driving: np.ndarray,
             v["lpips"].append(nets.get("lpips")(driving, x))
         if "lpips_toy" in ms:
             v["lpips_toy"].append(nets.get("toy").lpips(driving, x))
-        for metric, key, ref_fn in (("l_id", "identity", None), ("l_id_dlib", "dlib_identity", None), ("l_id_gt", "identity", "target")):
+        for metric, key, ref_fn in (("l_id", "identity", None), ("l_id_dlib", "dlib_identity", None),
+                                    ("l_id_gt", "identity", "target"), ("l_id_driver", "identity", "driving")):
             if metric not in ms:
                 continue
             net = nets.get(key)
             emb = once(key, c, x, lambda f: _embed(net, f))
             if ref_fn == "target":
                 ref = once(key, "target", target, lambda f: _embed(net, f))
+            elif ref_fn == "driving":  # per frame: the driver's identity in the frame the motion came from
+                ref = once(key, "driving", driving, lambda f: _embed(net, f))
             else:
                 if key not in ref_embedding:
                     ref_embedding[key] = _embed(net, source[None])[0]

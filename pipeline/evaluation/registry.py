@@ -127,18 +127,24 @@ register_metric("ssim_gt", kind="frame", reference="target", higher_is_better=Tr
 register_metric("l_id_gt", kind="frame", reference="target", higher_is_better=False, network="identity",
                 protocols=("cross",), paper="", description="1 - cos of identity embeddings, ground-truth cross render "
                                                             "vs generated frame")
+# -- identity leakage in cross-identity re-enactment (the paper's argument for the hybrid latents)
+register_metric("l_id_driver", kind="frame", reference="driving", higher_is_better=True, network="identity",
+                protocols=("cross",), paper="", description="1 - cos(identity(driving frame), identity(generated "
+                                                            "frame)): distance from the driver's identity; lower "
+                                                            "means more of the driver's identity leaked into the output")
 
 # The paper's tables, for `reenact evaluate --metrics paper`: each table's columns plus the extras that need no
 # missing file (dlib's identity descriptor; L1 for Table 3, whose Fig. 1 heatmap is an L1).
 PAPER_METRICS = {
     "same": ["l1", "lpips", "l_id", "psnr", "ssim", "fid", "fvd", "fvd_m", "rho_au", "rho_gz", "rho_pose", "l_id_dlib"],
-    "cross": ["fid", "fvd", "fvd_m", "rho_au_gz", "rho_pose", "l_id", "l_id_dlib"],
+    "cross": ["fid", "fvd", "fvd_m", "rho_au_gz", "rho_pose", "l_id", "l_id_dlib", "l_id_driver"],
     "robustness": ["lpips", "l_id", "fid", "fvd", "l1", "l_id_dlib"],
 }
 # The embedded default (the synthetic world): toy-feature variants of the networks that do not understand it.
 TOY_METRICS = {
     "same": ["l1", "psnr", "ssim", "lpips_toy", "l_id", "fid_toy", "fvd_toy", "fvd_m_toy", "rho_au", "rho_gz", "rho_pose"],
-    "cross": ["fid_toy", "fvd_toy", "fvd_m_toy", "rho_au_gz", "rho_pose", "l_id", "l1_gt", "psnr_gt", "ssim_gt", "l_id_gt"],
+    "cross": ["fid_toy", "fvd_toy", "fvd_m_toy", "rho_au_gz", "rho_pose", "l_id", "l1_gt", "psnr_gt", "ssim_gt", "l_id_gt",
+              "l_id_driver"],
     "robustness": ["l1", "lpips_toy", "l_id", "fid_toy", "fvd_toy"],
 }
 for _protocol in PROTOCOLS:
