@@ -43,7 +43,8 @@ INDEX_COLUMNS = ("protocol", "adaptation", "name", "pred", "driving", "source", 
 EVALUATE_REPORTS = REPORTS / "evaluate"
 PROTOCOL_KEYS = {"same": "same_id", "cross": "cross_id", "robustness": "robustness"}  # file names: eval_<key>.json
 ADAPTATION_ORDER = ("cma", "none", "pti")
-REFERENCE_ROWS = {"copy_source": "copy source", "copy_driving": "copy driving"}
+REFERENCE_ROWS = {"copy_source": "copy source", "copy_driving": "copy driving",
+                  "ground_truth": "ground-truth cross render"}
 SIGNIFICANT_DIGITS = 6  # metrics/eval_*.json: enough for any table, short enough for `dvc exp show`
 
 

@@ -212,8 +212,12 @@ def test_cross_protocol_against_ground_truth_renders(toy_ws, tmp_path):
     metrics = ["l1_gt", "psnr_gt", "ssim_gt", "l_id_gt", "l_id", "rho_pose"]
     r = evaluate_videos(pred, drv, source=src, target=tgt, protocol="cross", metrics=metrics, identity_backend="toy",
                         motion_backend="toy", **QUIET)
-    assert r["missing"] == {} and set(r["references"]) == {"copy_source"}  # no copy-driving ceiling across identities
+    # no copy-driving ceiling across identities: the ground truth is the ceiling there
+    assert r["missing"] == {} and set(r["references"]) == {"copy_source", "ground_truth"}
     assert 0 < r["aggregate"]["l1_gt"]["mean"] < r["references"]["copy_source"]["aggregate"]["l1_gt"]["mean"]
+    perfect = r["references"]["ground_truth"]["aggregate"]
+    assert perfect["l1_gt"]["mean"] == 0 and perfect["ssim_gt"]["mean"] == pytest.approx(1)
+    assert perfect["l_id_gt"]["mean"] == pytest.approx(0, abs=1e-6)
     r2 = evaluate_videos(pred, drv, source=src, protocol="cross", metrics=["l1_gt", "rho_pose"], motion_backend="toy", **QUIET)
     assert "--target" in r2["missing"]["l1_gt"]
     with pytest.raises(ValueError, match="not meaningful in the 'cross'"):
@@ -222,23 +226,26 @@ def test_cross_protocol_against_ground_truth_renders(toy_ws, tmp_path):
 
 def test_identity_leakage_to_the_driver_by_hand(toy_ws, tmp_path):
     """l_id_driver = mean over frames of 1 - cos(phi(generated frame t), phi(driving frame t)), phi the identity
-    backend; its copy-source reference is the two identities' own distance."""
+    backend; its copy-source reference is the two identities' own distance, its ground-truth reference the
+    value without leakage at the driver's motion."""
     import torch
 
     from pipeline.analysis import load_analyzer
 
-    pred, drv, src = (tmp_path / n for n in ("pred", "drv", "src"))
-    for d in (pred, drv, src):
+    pred, drv, src, tgt = (tmp_path / n for n in ("pred", "drv", "src", "tgt"))
+    for d in (pred, drv, src, tgt):
         d.mkdir()
     other = _video(40, n=8)
     np.save(drv / "c0.npy", _video(41, n=8))
     np.save(pred / "c0.npy", _noisy(other, 20, seed=1))
     np.save(src / "c0.npy", other[:1])
-    r = evaluate_videos(pred, drv, source=src, protocol="cross", metrics=["l_id_driver", "l_id"],
+    np.save(tgt / "c0.npy", _noisy(other, 5, seed=2))
+    r = evaluate_videos(pred, drv, source=src, target=tgt, protocol="cross", metrics=["l_id_driver", "l_id"],
                         identity_backend="toy", **QUIET)
     net = load_analyzer("toy", validate_params(yaml.safe_load((toy_ws / "params.yaml").read_text())), root=toy_ws)
     with torch.no_grad():
-        e_pred, e_drv, e_src = (net.identity(np.load(f / "c0.npy")).double().numpy() for f in (pred, drv, src))
+        e_pred, e_drv, e_src, e_tgt = (net.identity(np.load(f / "c0.npy")).double().numpy()
+                                       for f in (pred, drv, src, tgt))
 
     def dist(a, b):
         return 1 - (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
@@ -246,6 +253,8 @@ def test_identity_leakage_to_the_driver_by_hand(toy_ws, tmp_path):
     assert r["per_video"]["c0"]["l_id_driver"] == pytest.approx(dist(e_pred, e_drv).mean(), rel=1e-5)
     assert r["references"]["copy_source"]["per_video"]["c0"]["l_id_driver"] == pytest.approx(
         dist(e_src, e_drv).mean(), rel=1e-5)
+    assert r["references"]["ground_truth"]["per_video"]["c0"]["l_id_driver"] == pytest.approx(
+        dist(e_tgt, e_drv).mean(), rel=1e-5)  # the no-leakage value at the driver's pose and expression
     assert r["networks"]["l_id_driver"]["backend"] == "toy"
     assert METRICS["l_id_driver"].higher_is_better and METRICS["l_id_driver"].protocols == ("cross",)
 

@@ -60,7 +60,7 @@ def evaluate_videos(
          "networks": {metric: {"backend", "weights_sha256"}},
          "missing": {metric: reason and the file to provide},
          "skipped": {file or video: reason},
-         "references": {"copy_source" | "copy_driving": {"aggregate", "per_video"}},
+         "references": {"copy_source" | "copy_driving" | "ground_truth": {"aggregate", "per_video"}},
          "videos", "resolution", "settings", "protocol", "metrics", "frames", "seconds", ["paired"]}
 
     Non-finite numbers are written as null (NaN) or "inf" / "-inf" (PSNR of identical frames)."""

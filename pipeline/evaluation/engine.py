@@ -1,9 +1,10 @@
 """The evaluation engine: stream each pair of videos once, feed every requested metric, aggregate over videos.
 
-For each pair the prediction is scored, and, when `references` is on, two rows that need no model and give
+For each pair the prediction is scored, and, when `references` is on, rows that need no model and give
 every number a scale: "copy the source frame" (the source frame repeated: the motion floor) and, in the
-same-identity protocols, "copy the driving frame" (the ceiling). The reference rows share the driving
-video's features (computed once per chunk).
+same-identity protocols, "copy the driving frame" (the ceiling); cross-identity with ground-truth renders
+(the synthetic world), the ground truth itself (what a perfect re-enactment scores, e.g. on l_id_driver). The
+reference rows share the driving video's and the target's features (computed once per chunk).
 
 Per-video values: frame metrics are the mean over the video's frames (frames without a face are left out of
 l_id, and counted); rho_* come from pipeline.metrics.motion.video_correlation (one video at a time; the
@@ -255,6 +256,8 @@ def evaluate_pairs(
         candidates.append("copy_source")
         if settings.protocol in ("same", "robustness"):
             candidates.append("copy_driving")
+        elif all(p.target is not None for p in pairs):  # the synthetic world: what a perfect re-enactment scores
+            candidates.append("ground_truth")
 
     pairs = sorted(pairs, key=lambda p: p.name)
     rank, world = _dist_rank_world()
@@ -315,7 +318,8 @@ def evaluate_pair(pair: Pair, metrics: list[str], candidates: list[str], nets: N
         size = pred.shape[1:3]
         if source is None:  # the source frame at the prediction's resolution (default: the first driving frame)
             source = resize(source_raw, size) if source_raw is not None else driving[0].copy()
-        batch = {"method": pred, "copy_source": np.repeat(source[None], len(pred), 0), "copy_driving": driving}
+        batch = {"method": pred, "copy_source": np.repeat(source[None], len(pred), 0), "copy_driving": driving,
+                 "ground_truth": target}
         batch = {c: batch[c] for c in candidates}
         _feed(state, batch, driving, target, source, chunk["landmarks"], nets, settings, ref_embedding)
         frames += len(pred)
@@ -332,8 +336,8 @@ def _feed(state: _VideoState, batch: dict[str, np.ndarray], driving: np.ndarray,
 
     def once(kind: str, role: str, x: np.ndarray, fn):
         """fn(frames) for a role's frames, once per chunk. copy_driving IS the driving video (its features are
-        the driving's); copy_source is one frame repeated (computed on one frame, repeated)."""
-        key = (kind, "driving" if role == "copy_driving" else role)
+        the driving's), ground_truth the target; copy_source is one frame repeated (computed on one frame, repeated)."""
+        key = (kind, {"copy_driving": "driving", "ground_truth": "target"}.get(role, role))
         if key not in cache:
             if role == "copy_source":
                 cache[key] = _repeat(fn(np.array(x[:1])), len(x))
