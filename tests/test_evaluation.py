@@ -259,6 +259,27 @@ def test_identity_leakage_to_the_driver_by_hand(toy_ws, tmp_path):
     assert METRICS["l_id_driver"].higher_is_better and METRICS["l_id_driver"].protocols == ("cross",)
 
 
+def test_a_driving_frame_without_a_face_is_named_as_the_driving_reference(toy_ws, tmp_path, monkeypatch):
+    pred, drv, src = (tmp_path / n for n in ("pred", "drv", "src"))
+    for d in (pred, drv, src):
+        d.mkdir()
+    driving = _video(41, n=8)
+    np.save(drv / "c0.npy", driving)
+    np.save(pred / "c0.npy", _video(40, n=8))
+    np.save(src / "c0.npy", _video(40, n=1))
+    real = engine._embed
+
+    def no_face_in_driving(net, frames):  # the identity backend finds no face in the driving frames
+        out = real(net, frames)
+        return np.full_like(out, np.nan) if np.array_equal(frames, driving) else out
+
+    monkeypatch.setattr(engine, "_embed", no_face_in_driving)
+    r = evaluate_videos(pred, drv, source=src, protocol="cross", metrics=["l_id_driver", "l_id"],
+                        identity_backend="toy", **QUIET)
+    assert r["videos"]["c0"]["info"]["frames_without_face"] == {"driving": "no face in the reference"}
+    assert r["per_video"]["c0"]["l_id_driver"] is None and r["per_video"]["c0"]["l_id"] is not None
+
+
 def test_paired_test_between_two_methods(folders, tmp_path):
     pred, drv, _ = folders
     worse = tmp_path / "worse"

@@ -382,7 +382,7 @@ def _feed(state: _VideoState, batch: dict[str, np.ndarray], driving: np.ndarray,
             d = _cosine_distance(emb, ref)
             v[metric].append(d)
             if not np.isfinite(ref).all():
-                state.info["frames_without_face"]["source" if ref_fn is None else "target"] = "no face in the reference"
+                state.info["frames_without_face"][ref_fn or "source"] = "no face in the reference"
     if any(m in ms for m in RHO_GROUPS):
         net = nets.get("motion")
         for role, x in frames_of.items():
