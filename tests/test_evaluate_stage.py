@@ -147,7 +147,9 @@ def test_metric_files_hold_every_adaptation_and_reference_with_known_values(eval
     assert metrics["videos"] == {"same": 3, "cross": 2, "robustness": 4}
     assert metrics["rows"] == {"cma": "full", "none": "w/o CMA", "pti": "CMA -> PTI"}
     assert set(same) == {"videos", "cma", "none", "pti", "copy_source", "copy_driving"}
-    assert set(cross) == {"videos", "cma", "none", "pti", "copy_source"}  # no copy-driving ceiling across identities
+    # no copy-driving ceiling across identities: the ground-truth cross render is the reference there
+    assert set(cross) == {"videos", "cma", "none", "pti", "copy_source", "ground_truth"}
+    assert cross["ground_truth"]["l1_gt"]["mean"] == 0
     assert set(rob) == {"videos", "cma", "none", "copy_source", "copy_driving"}
     assert same["videos"] == 3 and set(same["cma"]["l1"]) == {"mean", "lo", "hi"}
     assert set(rob["cma"]["l1"]) == {"mean", "lo", "hi", "std"}
@@ -171,7 +173,8 @@ def test_per_video_table_and_full_reports(evaluated):
     table = pd.read_csv(ws / "reports/evaluate/per_video.csv")
     assert list(table.columns[:5]) == ["protocol", "adaptation", "row", "video", "group"]
     counts = table.groupby(["protocol", "adaptation"]).size().to_dict()
-    assert counts == {("cross", "cma"): 2, ("cross", "copy_source"): 2, ("cross", "none"): 2, ("cross", "pti"): 2,
+    assert counts == {("cross", "cma"): 2, ("cross", "copy_source"): 2, ("cross", "ground_truth"): 2,
+                      ("cross", "none"): 2, ("cross", "pti"): 2,
                       ("robustness", "cma"): 4, ("robustness", "copy_driving"): 4, ("robustness", "copy_source"): 4,
                       ("robustness", "none"): 4, ("same", "cma"): 3, ("same", "copy_driving"): 3,
                       ("same", "copy_source"): 3, ("same", "none"): 3, ("same", "pti"): 3}
