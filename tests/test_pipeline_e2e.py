@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, tiny_raw
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +38,7 @@ def tiny_repo(tmp_path_factory) -> tuple[Path, dict]:
         else:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, repo / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    from pipeline.config import set_dotted
-
-    for key, value in TINY.items():
-        set_dotted(params, key, value)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_raw(), sort_keys=False))
     # PYTHONDONTWRITEBYTECODE dropped: the stages write __pycache__ into their code deps, as on a user's machine
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DVC_", "MLFLOW_TRACKING")) and k != "PYTHONDONTWRITEBYTECODE"}
