@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function as record  # labels for benchmarks/train_step.py (free when not profiling)
 
 from pipeline import losses as L
 from pipeline.assets import sha256_of
@@ -250,7 +251,8 @@ class Objective:
         p, dec = self.p, self.f.decoder
         xs, xd1, xd2 = (_images(micro, k, device, channels_last) for k in ("source", "driving_same", "driving_other"))
         n = xs.shape[0]
-        w, motion = encoder(torch.cat([xs, xd1, xd2]))
+        with record("encode"):
+            w, motion = encoder(torch.cat([xs, xd1, xd2]))
         w_s = w[:n]
         m_s, m_d1, m_d2 = ([m[i * n:(i + 1) * n] for m in motion] for i in range(3))
         parts: list[tuple[str, list[Tensor]]] = []
@@ -264,38 +266,46 @@ class Objective:
             parts.append(("cross", dec.styles(w_s, m_d2)))
         rendered = {}
         if parts:
-            out = dec.render_styles(concat_styles([s for _, s in parts])).float()
+            with record("render"):
+                out = dec.render_styles(concat_styles([s for _, s in parts])).float()
             rendered = {name: out[i * n:(i + 1) * n] for i, (name, _) in enumerate(parts)}
         terms: dict[str, Tensor] = {}
         total = xs.new_zeros((), dtype=torch.float32)
         xs_f, xd1_f = xs.float(), xd1.float()
 
-        def add(name: str, weight: float, value: Tensor, sub: dict[str, Tensor] | None = None) -> None:
+        def add(name: str, weight: float, compute: Callable[[], Any]) -> None:
+            """Add weight x term to the total; `compute` returns the term or (term, {sub-term: value})."""
             nonlocal total
+            with record(f"loss.{name}"):
+                value = compute()
+            value, sub = value if isinstance(value, tuple) else (value, {})
             total = total + weight * value
             terms[name] = value.detach()
-            for k, v in (sub or {}).items():
+            for k, v in sub.items():
                 terms[f"{name}_{k}"] = v.detach()
 
         if p.lambda_self > 0:
-            add("self", p.lambda_self, *self.rec(rendered["self"], xs_f))
+            add("self", p.lambda_self, lambda: self.rec(rendered["self"], xs_f))
         if p.lambda_reenact > 0:
-            add("reenact", p.lambda_reenact, *self.rec(rendered["reenact"], xd1_f))
+            add("reenact", p.lambda_reenact, lambda: self.rec(rendered["reenact"], xd1_f))
         if p.lambda_id > 0:
-            add("id", p.lambda_id, *L.identity(self.f.analyzer, xs_f, rendered["id"],
-                                               rendered["cross"] if p.id_reg else None))
+            add("id", p.lambda_id, lambda: L.identity(self.f.analyzer, xs_f, rendered["id"],
+                                                      rendered["cross"] if p.id_reg else None))
         if p.lambda_w_id > 0:
-            add("w_id", p.lambda_w_id, L.latent_consistency(w_s.float(), encode_identity(rendered["cross"].to(xs.dtype)).float()))
+            add("w_id", p.lambda_w_id, lambda: L.latent_consistency(
+                w_s.float(), encode_identity(rendered["cross"].to(xs.dtype)).float()))
         if p.lambda_reg > 0:
-            add("reg", p.lambda_reg, *L.regularisation(w_s.float(), [m.float() for m in m_d1], p.lambda_s))
+            add("reg", p.lambda_reg, lambda: L.regularisation(w_s.float(), [m.float() for m in m_d1], p.lambda_s))
         if p.lambda_f > 0:
-            ms = micro["source"]["mask"].to(device)
-            md1 = micro["driving_same"]["mask"].to(device)
-            a, a_parts = self.rec(L.masked(rendered["self"], ms), L.masked(xs_f, ms))
-            b, b_parts = self.rec(L.masked(rendered["reenact"], md1), L.masked(xd1_f, md1))
-            add("f", p.lambda_f, a + b)
+            def masked_rec() -> Tensor:
+                ms = micro["source"]["mask"].to(device)
+                md1 = micro["driving_same"]["mask"].to(device)
+                a, _ = self.rec(L.masked(rendered["self"], ms), L.masked(xs_f, ms))
+                b, _ = self.rec(L.masked(rendered["reenact"], md1), L.masked(xd1_f, md1))
+                return a + b
+            add("f", p.lambda_f, masked_rec)
         if p.lambda_d > 0 and discriminator is not None:
-            add("d", p.lambda_d, L.adversarial(discriminator(w_s.float())))
+            add("d", p.lambda_d, lambda: L.adversarial(discriminator(w_s.float())))
         terms["total"] = total.detach()
         return total, terms, w_s.detach().float()
 
@@ -341,6 +351,8 @@ def train_encoder(
     init: Checkpoint | None = None,  # finetune: pretrain's output (ENCODER_KIND)
     progress: bool = True,
     on_samples: Callable[[int, dict[str, np.ndarray]], None] | None = None,  # every grid_every steps (rank 0)
+    on_step: Callable[[int, Callable[[], Checkpoint]], None] | None = None,  # after every step (rank 0), with a
+    # function that returns the current encoder as a checkpoint (benchmarks/encoder_trajectory.py's snapshots)
 ) -> TrainOutput:
     """Train the encoder (see the module docstring); returns its final checkpoint (rank 0), metrics, history."""
     if stage not in STAGES:
@@ -453,6 +465,14 @@ def train_encoder(
 
     batches = TripletBatches(dataset, section.batch_size, dist.world, dist.rank, section.grad_accum, seed,
                              section.workers)
+
+    def encoder_checkpoint(step: int, encoder_state: dict[str, Tensor], metrics: dict) -> Checkpoint:
+        """The trained encoder (ENCODER_KIND) as `reenact` and `finetune` load it."""
+        config = {"encoder": cfg, "layers": list(frozen.decoder.layers), "hybrid": bool(model.hybrid),
+                  "generator": dict(G.config), "stage": stage, "sections": resolved, "seed": seed}
+        return Checkpoint(kind=ENCODER_KIND, config=config,
+                          state={"encoder": encoder_state, "discriminator": _unwrapped_state(disc)},
+                          step=step, extra={"metrics": metrics})
     log_sums: dict[str, float] = {}
     log_count = 0
     t_log = time.perf_counter()
@@ -482,35 +502,38 @@ def train_encoder(
                 with autocast:
                     total, terms, w_s = objective(enc_fwd, encoder.encode_identity, disc if use_d else None, micro,
                                                   device, channels_last)
-                scaler.scale(total / len(group)).backward()
+                with record("backward"):
+                    scaler.scale(total / len(group)).backward()
             disc.requires_grad_(True)
             # latent discriminator step (e4e): real w = mapping(z), fake = W_ID^S rows
             if use_d:
-                gen = step_generator(seed, stage, step, replica)
-                z = torch.randn(w_s.shape[0] * w_s.shape[1], G.style_dim, generator=gen).to(device)
-                with torch.no_grad():
-                    real = G.map(z)
-                fake = w_s.reshape(-1, w_s.shape[-1])
-                r1_step = loss.r1_gamma > 0 and step % loss.r1_every == 0
-                real.requires_grad_(r1_step)
-                with (contextlib.nullcontext() if sync_now or dist.world == 1 else disc_fwd.no_sync()):
-                    pred = disc_fwd(torch.cat([real, fake]))
-                    d_real, d_fake = pred[: len(real)], pred[len(real):]
-                    d_loss = L.discriminator_loss(d_real, d_fake)
-                    terms["disc"] = d_loss.detach()
-                    if r1_step:
-                        r1 = L.r1_penalty(d_real, real)
-                        terms["r1"] = r1.detach()
-                        d_loss = d_loss + loss.r1_gamma / 2 * r1 * loss.r1_every
-                    (d_loss / len(group)).backward()
+                with record("discriminator"):
+                    gen = step_generator(seed, stage, step, replica)
+                    z = torch.randn(w_s.shape[0] * w_s.shape[1], G.style_dim, generator=gen).to(device)
+                    with torch.no_grad():
+                        real = G.map(z)
+                    fake = w_s.reshape(-1, w_s.shape[-1])
+                    r1_step = loss.r1_gamma > 0 and step % loss.r1_every == 0
+                    real.requires_grad_(r1_step)
+                    with (contextlib.nullcontext() if sync_now or dist.world == 1 else disc_fwd.no_sync()):
+                        pred = disc_fwd(torch.cat([real, fake]))
+                        d_real, d_fake = pred[: len(real)], pred[len(real):]
+                        d_loss = L.discriminator_loss(d_real, d_fake)
+                        terms["disc"] = d_loss.detach()
+                        if r1_step:
+                            r1 = L.r1_penalty(d_real, real)
+                            terms["r1"] = r1.detach()
+                            d_loss = d_loss + loss.r1_gamma / 2 * r1 * loss.r1_every
+                        (d_loss / len(group)).backward()
             for k, v in terms.items():
                 step_terms[k] = step_terms.get(k, 0.0) + v.float() / len(group)
-        scaler.step(opt_e)
-        scaler.update()
-        opt_e.zero_grad(set_to_none=True)
-        if use_d:
-            opt_d.step()
-            opt_d.zero_grad(set_to_none=True)
+        with record("optimizer"):
+            scaler.step(opt_e)
+            scaler.update()
+            opt_e.zero_grad(set_to_none=True)
+            if use_d:
+                opt_d.step()
+                opt_d.zero_grad(set_to_none=True)
         # bookkeeping: terms averaged over the processes
         names = sorted(step_terms)
         vec = torch.stack([step_terms[k] for k in names]).detach()
@@ -542,6 +565,8 @@ def train_encoder(
         if dist.main and on_samples is not None and section.grid_every and step % section.grid_every == 0 \
                 and step < section.iters:
             on_samples(step, evaluate_heldout(encoder, frozen, store, seed, 8, device)["samples"])
+        if dist.main and on_step is not None:
+            on_step(step, lambda: encoder_checkpoint(step, _unwrapped_state(encoder), {}))
         if dist.main and (step % section.checkpoint_every == 0 or step == section.iters):
             save_checkpoint(state_path, Checkpoint(
                 kind=TRAINING_KIND, config={"fingerprint": fp, "encoder": cfg},
@@ -570,11 +595,7 @@ def train_encoder(
         out.samples = evaluation.pop("samples")
         out.metrics = {"steps": section.iters, "final": _final_losses(history), "heldout": evaluation,
                        "inputs": inputs}
-        config = {"encoder": cfg, "layers": list(frozen.decoder.layers), "hybrid": bool(model.hybrid),
-                  "generator": dict(G.config), "stage": stage, "sections": resolved, "seed": seed}
-        out.checkpoint = Checkpoint(kind=ENCODER_KIND, config=config,
-                                    state={"encoder": encoder_state, "discriminator": disc.state_dict()},
-                                    step=section.iters, extra={"metrics": out.metrics})
+        out.checkpoint = encoder_checkpoint(section.iters, encoder_state, out.metrics)
         out.tags = {"resumed_from_step": str(resumed_from), "precision": precision,
                     "world_size": str(dist.world), "device": str(device)}
     if dist.initialised_here:
