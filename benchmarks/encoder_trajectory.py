@@ -12,7 +12,8 @@ training process's CPU time (time.process_time, summed over threads and over res
 waiting on a busy machine; the snapshot records the step and triples seen. Killed, it resumes from the last
 checkpoint (pretrain's exact resume) and keeps counting from the CPU time saved with it. `score` runs the
 `reenact` and `evaluate` stages on each snapshot (`--videos` held-out same- and cross-identity videos) and
-writes trajectory.json and trajectory.md beside the snapshots.
+writes trajectory.json and trajectory.md beside the snapshots. `export --snapshot cpu60min` ships one as the
+`pretrain.source: native` asset (assets/toy/encoder_pretrain.pt).
 """
 from __future__ import annotations
 
@@ -147,9 +148,30 @@ def score(repo: Path, out: Path, videos: int) -> dict:
     return {"rows": rows}
 
 
+def export(repo: Path, out: Path, snapshot: str, to: Path) -> None:
+    """Ship a snapshot as the `pretrain.source: native` asset: with the world it saw, its recipe and compute, and
+    the loss history up to its step; prints the sha256 for params.yaml."""
+    from pipeline.assets import sha256_of
+    from pipeline.checkpoint import load_checkpoint, save_checkpoint
+    from pipeline.train import ENCODER_KIND, TRAINING_KIND, shipped_encoder
+
+    ck = load_checkpoint(out / "snapshots" / f"{snapshot}.pt", ENCODER_KIND)
+    info = ck.extra.pop("trajectory")
+    last = out / "checkpoints" / "pretrain" / "last.pt"
+    state = load_checkpoint(last, TRAINING_KIND).extra if last.is_file() else {}
+    history = [r for r in state.get("history", []) if r["step"] <= ck.step]
+    ck.config["sections"]["pretrain"]["iters"] = ck.step  # the steps it ran, not the open-ended run's bound
+    trained = {"steps": ck.step, "triples_seen": info["triples_seen"], "cpu_minutes": info["cpu_minutes"],
+               "recipe_overrides": info["overrides"], "by": "benchmarks/encoder_trajectory.py (one CPU thread)"}
+    save_checkpoint(to, shipped_encoder(ck, out / "data" / "prepared", trained, history))
+    print(f"{to}: sha256 {sha256_of(to)}, step {ck.step}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=("train", "score"))
+    ap.add_argument("command", choices=("train", "score", "export"))
+    ap.add_argument("--snapshot", default="cpu60min", help="export: the snapshot's name (cpu<M>min)")
+    ap.add_argument("--to", type=Path, default=Path("assets/toy/encoder_pretrain.pt"), help="export: where")
     ap.add_argument("--out", type=Path, default=Path("checkpoints/trajectory"))
     ap.add_argument("--minutes", type=float, nargs="+", default=[15, 30, 60, 120])
     ap.add_argument("--videos", type=int, default=12)
@@ -160,8 +182,10 @@ def main() -> None:
     if args.command == "train":
         overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
         train(repo, out, args.minutes, overrides)
-    else:
+    elif args.command == "score":
         score(repo, out, args.videos)
+    else:
+        export(repo, out, args.snapshot, args.to if args.to.is_absolute() else repo / args.to)
 
 
 if __name__ == "__main__":

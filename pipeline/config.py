@@ -256,6 +256,9 @@ class TrainParams(_Section):
     batch_size: int = Field(default=4, ge=1)  # global batch (triples per step, over all processes)
     grad_accum: int = Field(default=1, ge=1)  # micro-batches per step (per process batch = batch / (world x accum))
     lr: float = Field(default=1e-4, gt=0, le=1)  # Adam, encoder
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from lr down to lr * lr_final at iters
+    lr_final: float = Field(default=0.0, ge=0, le=1)
+    warmup: int = Field(default=0, ge=0)  # steps of linear lr ramp from 0 first
     d_lr: float = Field(default=2e-5, gt=0, le=1)  # Adam, latent discriminator (e4e)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto: cuda when available
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
@@ -271,6 +274,10 @@ class TrainParams(_Section):
 class PretrainParams(TrainParams):
     """Stage `pretrain`: the whole encoder (the paper: 200K iterations on CelebV-HQ)."""
 
+    # native: the shipped pre-trained encoder (asset `checkpoint`, trained once with this section's recipe), loaded
+    # and checked in seconds | train: train it here
+    source: Literal["native", "train"] = "native"
+    checkpoint: str = "toy_encoder_pretrain"  # asset name, for source native
     iters: int = Field(default=300, ge=1)
     lr: float = Field(default=3e-4, gt=0, le=1)
 

@@ -59,7 +59,8 @@ from pipeline.store import MANIFEST, TripletDataset
 TRAINING_KIND = "encoder-training"  # the resumable state of a training stage
 ENCODER_KIND = "hybrid-encoder"  # a trained encoder (+ its latent discriminator): pretrain's and finetune's output
 STAGES = ("pretrain", "finetune")
-NOT_IN_FINGERPRINT = ("iters", "checkpoint_every", "workers", "grid_every", "eval_triples", "device")
+NOT_IN_FINGERPRINT = ("iters", "checkpoint_every", "workers", "grid_every", "eval_triples", "device", "source",
+                      "checkpoint")
 
 
 class TrainingError(UserError, ValueError):
@@ -344,6 +345,20 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=dtype), precision
 
 
+def learning_rate(section, step: int) -> float:
+    """The encoder's lr at `step` (1-based): `warmup` steps of linear ramp, then constant or a cosine from `lr` to
+    `lr * lr_final` at `iters`. A function of the step alone, so a resumed run repeats an uninterrupted one
+    (with cosine, `iters` sets the schedule: raising it re-shapes the remaining steps)."""
+    lr = section.lr
+    if section.warmup and step <= section.warmup:
+        return lr * step / section.warmup
+    if section.lr_schedule == "cosine":
+        span = max(section.iters - section.warmup, 1)
+        t = min(max(step - section.warmup, 0) / span, 1.0)
+        return lr * (section.lr_final + (1 - section.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
+    return lr
+
+
 def train_encoder(
     stage: str,  # "pretrain" | "finetune"
     params,  # the stage's params view: seed, model, analysis, loss, <stage>, assets
@@ -492,6 +507,9 @@ def train_encoder(
 
     for step, group in batches.steps(first, section.iters):
         set_train_modes()
+        lr = learning_rate(section, step)
+        for g in opt_e.param_groups:
+            g["lr"] = lr
         step_terms: dict[str, Tensor] = {}
         for m, micro in enumerate(group):
             replica = dist.rank * section.grad_accum + m
@@ -553,7 +571,7 @@ def train_encoder(
             bar.set_postfix(loss=f"{vec[names.index('total')].item():.4f}")
         if step % section.log_every == 0 or step == section.iters:
             row = {"step": step, **{f"train/loss_{k}" if k != "total" else "train/loss": round(v / log_count, 6)
-                                    for k, v in sorted(log_sums.items())}, "train/lr": section.lr}
+                                    for k, v in sorted(log_sums.items())}, "train/lr": lr}
             history.append(row)
             if mlflow is not None:
                 now = time.perf_counter()
@@ -602,6 +620,78 @@ def train_encoder(
         import torch.distributed as tdist
 
         tdist.destroy_process_group()
+    return out
+
+
+def world_record(store: Path) -> dict:
+    """What a shipped encoder records of the world it was trained on: its training identities' fingerprints
+    (synthetic world) and the prepared manifest's sha256."""
+    from pipeline.store import PreparedStore, identity_fingerprints
+
+    return {"identity_fingerprints": sorted(identity_fingerprints(PreparedStore(store), "train").values()),
+            "manifest_sha256": sha256_of(store / MANIFEST)}
+
+
+def shipped_encoder(ck: Checkpoint, store: Path, trained: dict, history: list[dict]) -> Checkpoint:
+    """A trained encoder checkpoint made ready to ship as the `pretrain.source: native` asset: with the world it
+    saw (world_record), how it was trained (`trained`: steps, recipe, compute) and its loss history."""
+    extra = {**ck.extra, "world": world_record(store), "trained": trained, "history": history}
+    return Checkpoint(kind=ENCODER_KIND, config=ck.config, state=ck.state, step=ck.step, extra=extra)
+
+
+def load_native_encoder(params, root: Path, path: Path, name: str) -> TrainOutput:
+    """`pretrain.source: native`: the shipped pre-trained encoder (asset `name` at `path`), checked to fit this
+    generator and model section and never to have seen a held-out identity of this world, re-scored on the
+    held-out triples in seconds. The loss section is not checked: with a shipped pretrain, a changed loss
+    takes effect in `finetune` (pretrain.source: train re-trains the whole encoder with it)."""
+    section, model, seed = params.pretrain, params.model, int(params.seed)
+    hint = "train it instead: dvc exp run -S pretrain.source=train"
+    ck = load_checkpoint(path, ENCODER_KIND, hint=hint)
+    device = resolve_device(section.device)
+    store = root / section.data
+    if not (store / MANIFEST).is_file():
+        raise TrainingError(f"{store}: no prepared store (pretrain.data); run the `prepare` stage")
+    from pipeline.store import PreparedStore, identity_fingerprints
+
+    frame_size = int(TripletDataset(store, "test", seed).frames[0]["image"].shape[-1])
+    frozen = load_frozen(root, params, params.loss, model, frame_size, device)
+    G = frozen.decoder.G
+    if ck.config.get("generator") != dict(G.config):
+        raise TrainingError(f"{path}: the shipped encoder was trained for another generator than "
+                            f"{GENERATOR_CHECKPOINT} (generator.source / checkpoint); {hint}")
+    cfg = encoder_config(G, frozen.decoder.layers, model.hybrid, frame_size, model.encoder.units, model.encoder.widths)
+    if ck.config.get("encoder") != cfg or ck.config.get("hybrid") != bool(model.hybrid):
+        theirs = (ck.config.get("sections") or {}).get("model") or {}
+        ours = model.model_dump(mode="json")
+        diff = sorted(_dotted_diff(theirs, ours, "model"))
+        raise TrainingError(f"{path}: the shipped encoder was built with other model settings than params.yaml's "
+                            f"({', '.join(diff) or 'its architecture'}): its heads do not fit; {hint}")
+    seen = set((ck.extra.get("world") or {}).get("identity_fingerprints") or [])
+    shared = sorted(i for i, f in identity_fingerprints(PreparedStore(store), "test").items() if f in seen)
+    if shared:
+        raise TrainingError(f"{path}: the shipped encoder was trained on {len(shared)} identities that this world holds "
+                            f"out for evaluation ({', '.join(shared[:5])}): another data seed or split than it was "
+                            f"trained for; {hint}")
+    encoder = HybridEncoder(**cfg)
+    load_state(encoder, ck, "encoder", str(path))
+    evaluation = evaluate_heldout(encoder.to(device), frozen, store, seed, section.eval_triples, device)
+    out = TrainOutput(ck, history=list(ck.extra.get("history") or []))
+    out.samples = evaluation.pop("samples")
+    out.metrics = {"source": "native", "checkpoint": name, "steps": ck.step, "trained": ck.extra.get("trained", {}),
+                   "heldout": evaluation, "inputs": {**frozen.inputs, name: sha256_of(path)}}
+    out.tags = {"source": "native", "device": str(device)}
+    return out
+
+
+def _dotted_diff(a: dict, b: dict, prefix: str) -> list[str]:
+    """The dotted keys whose values differ between two nested dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _dotted_diff(x, y, f"{prefix}.{k}")
+        elif x != y:
+            out.append(f"{prefix}.{k}: {x!r} there, {y!r} here")
     return out
 
 
@@ -784,10 +874,21 @@ def encoder_stage(ctx, output: Path):
     def on_samples(step: int, samples: dict[str, np.ndarray]) -> None:
         sample_grid(figures / f"samples_step{step:06d}.png", samples, f"{stage}, step {step}")
 
-    out = train_encoder(stage, ctx.params, ctx.root, init, ctx.progress and main, on_samples)
-    if out.checkpoint is None:  # a rank > 0 under torchrun: rank 0 writes everything
+    native = stage == "pretrain" and ctx.section.source == "native"
+    if native and not main:  # torchrun on a shipped encoder: nothing to train, rank 0 writes it
         return StageResult(metrics={})
-    save_checkpoint(ctx.root / output, out.checkpoint)
+    if native:
+        from pipeline.io import atomic_path
+
+        asset = ctx.asset(ctx.section.checkpoint)
+        out = load_native_encoder(ctx.params, ctx.root, asset, ctx.section.checkpoint)
+        with atomic_path(ctx.root / output) as tmp:  # the shipped file itself, byte for byte
+            shutil.copyfile(asset, tmp)
+    else:
+        out = train_encoder(stage, ctx.params, ctx.root, init, ctx.progress and main, on_samples)
+        if out.checkpoint is None:  # a rank > 0 under torchrun: rank 0 writes everything
+            return StageResult(metrics={})
+        save_checkpoint(ctx.root / output, out.checkpoint)
     history_file = ctx.root / METRICS / f"{stage}_history.csv"
     write_text(history_file, history_csv(out.history))  # logged to MLflow while training (not again by the runner)
     artifacts = [loss_curves(figures / "losses.png", out.history, stage), history_file]

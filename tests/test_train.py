@@ -236,3 +236,63 @@ def test_bf16_channels_last_on_gpu(world, tmp_path):
                                                            "pretrain.precision": "bf16"})), root, progress=False)
     assert out.tags["precision"] == "bf16" and out.tags["device"].startswith("cuda")
     assert all(torch.isfinite(torch.tensor(v)) for r in out.history for k, v in r.items() if k != "step")
+
+
+def _ship(world: Path, tmp: Path, ck_path: Path, extra: dict | None = None) -> tuple[Path, dict]:
+    """The pretrain output at ck_path shipped as an asset (tmp/encoder_asset.pt) and the params that load it."""
+    from pipeline.assets import sha256_of
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.train import shipped_encoder
+
+    ck = shipped_encoder(load_checkpoint(ck_path, ENCODER_KIND), world / PREPARED, {"steps": 4}, [{"step": 1}])
+    ck.extra.update(extra or {})
+    asset = tmp / "encoder_asset.pt"
+    save_checkpoint(asset, ck)
+    over = {"pretrain.source": "native", "pretrain.checkpoint": "tiny_encoder",
+            "assets.tiny_encoder": {"path": str(asset), "sha256": sha256_of(asset), "source": "a test's own run",
+                                    "used_by": ["pretrain"]}}
+    return asset, over
+
+
+def test_a_shipped_encoder_loads_byte_for_byte_and_is_checked(world, tmp_path):
+    trained = _workspace(world, tmp_path / "trained")
+    _run("pretrain", trained)
+    asset, over = _ship(world, tmp_path, trained / ENCODER_PRETRAIN)
+    root = _workspace(world, tmp_path / "native")
+    metrics = _run("pretrain", root, **over)
+    assert (root / ENCODER_PRETRAIN).read_bytes() == asset.read_bytes()
+    assert metrics["source"] == "native" and metrics["checkpoint"] == "tiny_encoder" and metrics["steps"] == 4
+    assert metrics["heldout"]["self_psnr"] > 0
+    assert list(pd.read_csv(root / METRICS / "pretrain_history.csv")["step"]) == [1]
+    _run("finetune", root, **over)  # finetune starts from it
+    assert load_checkpoint(root / ENCODER_CHECKPOINT, ENCODER_KIND).config["stage"] == "finetune"
+
+    # another model section: the heads do not fit, and the error names the key and the fix
+    with pytest.raises(ValueError, match=r"model\.hybrid.*pretrain\.source=train"):
+        _run("pretrain", _workspace(world, tmp_path / "hybrid"), **over, **{"model.hybrid": False})
+
+
+def test_a_shipped_encoder_that_saw_a_held_out_identity_is_refused(world, tmp_path):
+    from pipeline.store import PreparedStore, identity_fingerprints
+
+    trained = _workspace(world, tmp_path / "trained")
+    _run("pretrain", trained)
+    held_out = sorted(identity_fingerprints(PreparedStore(world / PREPARED), "test").values())[:1]
+    _, over = _ship(world, tmp_path, trained / ENCODER_PRETRAIN, {"world": {"identity_fingerprints": held_out}})
+    root = _workspace(world, tmp_path / "native")
+    with pytest.raises(ValueError, match="holds out for evaluation"):
+        _run("pretrain", root, **over)
+    assert not (root / ENCODER_PRETRAIN).exists()
+
+
+def test_the_lr_schedule_by_hand():
+    from types import SimpleNamespace
+
+    from pipeline.train import learning_rate
+
+    s = SimpleNamespace(lr=1e-3, lr_schedule="cosine", lr_final=0.1, warmup=10, iters=110)
+    assert learning_rate(s, 5) == pytest.approx(5e-4)  # half-way up the ramp
+    assert learning_rate(s, 10) == pytest.approx(1e-3)  # end of warm-up = start of the cosine
+    assert learning_rate(s, 60) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way: cos(pi / 2) = 0
+    assert learning_rate(s, 110) == pytest.approx(1e-4)  # the end: lr * lr_final
+    assert learning_rate(SimpleNamespace(lr=1e-3, lr_schedule="constant", lr_final=0.0, warmup=0, iters=5), 5) == 1e-3
