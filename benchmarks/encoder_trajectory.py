@@ -55,13 +55,23 @@ def _workspace(repo: Path, out: Path, overrides: dict, extra_links: dict[str, Pa
     return out
 
 
-def train(repo: Path, out: Path, minutes: list[float], overrides: dict) -> None:
+def train(repo: Path, out: Path, minutes: list[float], overrides: dict, world: list[int] | None = None) -> None:
     from pipeline.checkpoint import save_checkpoint
     from pipeline.config import load_params
     from pipeline.train import train_encoder
 
     over = {**overrides, "pretrain.iters": 10_000_000, "pretrain.checkpoint_every": 50, "pretrain.log_every": 50}
-    root = _workspace(repo, out, over)
+    links = None
+    if world:  # a pretraining world of its own: seed, identities, clips per identity, frames per clip
+        store = out / "world" / "prepared"
+        if not (store / "manifest.csv").is_file():
+            from pipeline.own_world import render_own_world
+
+            params = load_params(repo / "params.yaml")
+            seed, n, clips, frames = world
+            render_own_world(out / "world", params.data, params.prepare, seed, n, clips, frames, 0.05)
+        links = {"data/prepared": store}
+    root = _workspace(repo, out, over, links)
     params = load_params(root / "params.yaml")
     clock = out / "cpu_seconds.json"  # CPU seconds at the last resumable checkpoint
     saved = json.loads(clock.read_text()) if clock.is_file() else {"step": 0, "cpu_seconds": 0.0}
@@ -175,13 +185,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("checkpoints/trajectory"))
     ap.add_argument("--minutes", type=float, nargs="+", default=[15, 30, 60, 120])
     ap.add_argument("--videos", type=int, default=12)
+    ap.add_argument("--world", type=int, nargs=4, metavar=("SEED", "IDENTITIES", "CLIPS", "FRAMES"),
+                    help="train: on a pretraining world of its own instead of data/prepared")
     ap.add_argument("--set", nargs="*", default=[], help="params overrides key=value (YAML values)")
     args = ap.parse_args()
     repo = Path(__file__).resolve().parents[1]
     out = args.out if args.out.is_absolute() else repo / args.out
     if args.command == "train":
         overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-        train(repo, out, args.minutes, overrides)
+        train(repo, out, args.minutes, overrides, args.world)
     elif args.command == "score":
         score(repo, out, args.videos)
     else:

@@ -271,8 +271,22 @@ class TrainParams(_Section):
     eval_triples: int = Field(default=64, ge=1)  # held-out triples for the stage's quick quality numbers
 
 
+class PretrainWorld(_Section):
+    """A pretraining world of the encoder's own (the paper pre-trains on CelebV-HQ, then fine-tunes on HDTF): its
+    own seed, so that its identities are disjoint from the evaluation world's; rendered and cropped with the `data`
+    and `prepare` settings (no cross renders), kept under checkpoints/pretrain/ for resumed runs."""
+
+    seed: int = Field(default=1002, ge=0)
+    n_identities: int = Field(default=400, ge=4, le=100_000)
+    clips_per_identity: int = Field(default=2, ge=2)  # >= 2: a triple's driving frame may come from another clip
+    frames_per_clip: int = Field(default=24, ge=4)
+    validation_fraction: float = Field(default=0.05, gt=0.0, lt=1.0)  # identities held out for the quick numbers
+
+
 class PretrainParams(TrainParams):
     """Stage `pretrain`: the whole encoder (the paper: 200K iterations on CelebV-HQ)."""
+
+    world: Optional[PretrainWorld] = None  # train on a world of its own instead of `data` (synthetic world only)
 
     # native: the shipped pre-trained encoder (asset `checkpoint`, trained once with this section's recipe), loaded
     # and checked in seconds | train: train it here
@@ -348,6 +362,38 @@ class ReenactParams(_Section):
     edits: Edits = Edits()
 
 
+class OracleParams(_Section):
+    """Stage `oracle` (pipeline/oracle.py): Eq. 3's own space fitted per frame with G fixed (W_ID to the source,
+    S_F to each target frame), the ceiling row `oracle` of Tables 1-2, on the videos `reenact` writes."""
+
+    class Keyframes(_Section):
+        """Step 2's first pass: S_F of every `every`-th frame (and the last) alone, then interpolated in time."""
+
+        every: int = Field(default=16, ge=1)  # 1: no key-frame pass (every frame from S_F = 0)
+        steps: int = Field(default=48, ge=0)  # Adam steps on the key frames
+        lr: float = Field(default=0.05, gt=0, le=10)
+
+    protocols: list[Literal["same", "cross"]] = ["same", "cross"]  # an empty list: no oracle row
+    steps_w: int = Field(default=100, ge=0)  # step 1: Adam steps on W_ID in W+, from latent_avg
+    lr_w: float = Field(default=0.05, gt=0, le=10)
+    keyframes: Keyframes = Keyframes()
+    steps_s: int = Field(default=2, ge=0)  # step 2: Adam steps on every frame's S_F, from the key frames'
+    lr_s: float = Field(default=0.02, gt=0, le=10)
+    lambda_l2: float = Field(default=1.0, ge=0)  # per-frame loss = lambda_l2 MSE + lambda_lpips LPIPS
+    lambda_lpips: float = Field(default=0.1, ge=0)
+    lpips_net: Literal["lpips_toy", "lpips"] = "lpips_toy"  # as loss.lpips_net
+    batch_size: Optional[int] = Field(default=64, ge=1)  # frames per optimisation chunk; null: a whole video
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+
+    @model_validator(mode="after")
+    def _something_to_fit(self) -> "OracleParams":
+        if len(set(self.protocols)) != len(self.protocols):
+            raise ValueError(f"oracle.protocols lists a protocol twice: {self.protocols}")
+        if self.lambda_l2 <= 0 and self.lambda_lpips <= 0:
+            raise ValueError("oracle.lambda_l2 and oracle.lambda_lpips are both 0: nothing to fit")
+        return self
+
+
 class ReportParams(_Section):
     """Stage `report` (pipeline/report.py): Tables 1-3, figures, samples; and `reenact ablate`'s grid defaults."""
 
@@ -391,6 +437,7 @@ class Params(_Section):
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
     reenact: ReenactParams = ReenactParams()
+    oracle: OracleParams = OracleParams()
     report: ReportParams = ReportParams()
 
     @model_validator(mode="after")

@@ -368,6 +368,7 @@ def train_encoder(
     on_samples: Callable[[int, dict[str, np.ndarray]], None] | None = None,  # every grid_every steps (rank 0)
     on_step: Callable[[int, Callable[[], Checkpoint]], None] | None = None,  # after every step (rank 0), with a
     # function that returns the current encoder as a checkpoint (benchmarks/encoder_trajectory.py's snapshots)
+    store: Path | None = None,  # the prepared store to train on (default: root / <stage>.data; pretrain.world's)
 ) -> TrainOutput:
     """Train the encoder (see the module docstring); returns its final checkpoint (rank 0), metrics, history."""
     if stage not in STAGES:
@@ -386,7 +387,7 @@ def train_encoder(
     channels_last = bool(section.channels_last and device.type == "cuda")
     start_time = time.perf_counter()
 
-    store = root / section.data
+    store = Path(store) if store is not None else root / section.data
     if not (store / MANIFEST).is_file():
         raise TrainingError(f"{store}: no prepared store ({stage}.data); run the `prepare` stage, or point "
                             f"{stage}.data at a prepared folder")
@@ -397,7 +398,8 @@ def train_encoder(
     if channels_last:
         G.channels_last = True
     inputs = dict(frozen.inputs)
-    inputs[f"{section.data}/{MANIFEST}"] = sha256_of(store / MANIFEST)
+    inputs[f"{store.relative_to(root).as_posix() if store.is_relative_to(root) else section.data}/{MANIFEST}"] = \
+        sha256_of(store / MANIFEST)
 
     # the networks
     torch.manual_seed(seed)
@@ -609,7 +611,9 @@ def train_encoder(
     if dist.main:
         base = HybridEncoder(**cfg)
         base.load_state_dict(encoder_state)
-        evaluation = evaluate_heldout(base.to(device), frozen, store, seed, section.eval_triples, device)
+        # held-out identities of the evaluation world (`data`), also when pretraining on a world of its own
+        scored = root / section.data if (root / section.data / MANIFEST).is_file() else store
+        evaluation = evaluate_heldout(base.to(device), frozen, scored, seed, section.eval_triples, device)
         out.samples = evaluation.pop("samples")
         out.metrics = {"steps": section.iters, "final": _final_losses(history), "heldout": evaluation,
                        "inputs": inputs}
@@ -849,7 +853,7 @@ def stage_assets(params) -> list[str]:
     return used
 
 
-def encoder_stage(ctx, output: Path):
+def encoder_stage(ctx, output: Path, store: Path | None = None):
     """The body of stages `pretrain` and `finetune` (stages/<name>.py): train, then write the encoder checkpoint
     (`output`), metrics/<stage>_history.csv, reports/<stage>/ (held-out sample grids, loss curves)."""
     import shutil
@@ -885,7 +889,7 @@ def encoder_stage(ctx, output: Path):
         with atomic_path(ctx.root / output) as tmp:  # the shipped file itself, byte for byte
             shutil.copyfile(asset, tmp)
     else:
-        out = train_encoder(stage, ctx.params, ctx.root, init, ctx.progress and main, on_samples)
+        out = train_encoder(stage, ctx.params, ctx.root, init, ctx.progress and main, on_samples, store=store)
         if out.checkpoint is None:  # a rank > 0 under torchrun: rank 0 writes everything
             return StageResult(metrics={})
         save_checkpoint(ctx.root / output, out.checkpoint)

@@ -3,14 +3,21 @@ from __future__ import annotations
 
 from pipeline.paths import ENCODER_PRETRAIN
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.train import encoder_stage, stage_assets, stage_main
+from pipeline.train import encoder_stage, env_rank, stage_assets, stage_main
 
 
 def run(ctx: StageContext) -> StageResult:
-    return encoder_stage(ctx, ENCODER_PRETRAIN)
+    store = None
+    if ctx.section.source == "train" and ctx.section.world is not None:  # a pretraining world of its own
+        from pipeline.own_world import cached_world
+        from pipeline.paths import TRAIN_STATE
+
+        store = cached_world(ctx.root / TRAIN_STATE / "pretrain", ctx.params, ctx.section.world, env_rank() == 0,
+                             ctx.progress)
+    return encoder_stage(ctx, ENCODER_PRETRAIN, store)
 
 
-STAGE = Stage("pretrain", run, sections=("seed", "model", "analysis", "loss", "pretrain", "assets"),
+STAGE = Stage("pretrain", run, sections=("seed", "data", "prepare", "model", "analysis", "loss", "pretrain", "assets"),
               assets=lambda params: stage_assets(params))
 
 if __name__ == "__main__":

@@ -296,3 +296,22 @@ def test_the_lr_schedule_by_hand():
     assert learning_rate(s, 60) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way: cos(pi / 2) = 0
     assert learning_rate(s, 110) == pytest.approx(1e-4)  # the end: lr * lr_final
     assert learning_rate(SimpleNamespace(lr=1e-3, lr_schedule="constant", lr_final=0.0, warmup=0, iters=5), 5) == 1e-3
+
+
+def test_pretrain_on_a_world_of_its_own(world, tmp_path, capfd):
+    from pipeline.store import PreparedStore, identity_fingerprints
+
+    root = _workspace(world, tmp_path)
+    own = {"seed": 77, "n_identities": 6, "clips_per_identity": 2, "frames_per_clip": 8, "validation_fraction": 0.34}
+    metrics = _run("pretrain", root, **{"pretrain.world": own})
+    (folder,) = (root / TRAIN_STATE / "pretrain").glob("world-*")
+    store = PreparedStore(folder / "prepared")
+    assert set(store.clips("train")["identity"]) and not (set(identity_fingerprints(store).values()) &
+                                                          set(identity_fingerprints(PreparedStore(root / PREPARED)).values()))
+    assert any(k.startswith("checkpoints/pretrain/world-") for k in metrics["inputs"])
+    assert metrics["heldout"]["triples"] > 0  # scored on the evaluation world's held-out identities
+    stamp = (folder / "prepared" / "manifest.csv").stat().st_mtime_ns
+    capfd.readouterr()
+    _run("pretrain", root, **{"pretrain.world": own, "pretrain.iters": 5})  # resumes on the same rendered world
+    assert "resuming from step 4" in capfd.readouterr().err
+    assert (folder / "prepared" / "manifest.csv").stat().st_mtime_ns == stamp

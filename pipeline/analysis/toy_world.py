@@ -18,17 +18,12 @@ def train_on_own_world(params: "AnalyzerParams", data: "DataParams", prepare_par
     """Render the analyzer's own world (params.world: its own seed, so identities disjoint from the evaluation
     world's), crop it as `prepare` does (renderer boxes), train on its training identities, choose the threshold
     on its validation identities. `scratch` is a folder for the world, left to the caller to delete."""
-    from pipeline.data import make_synthetic
-    from pipeline.prepare import prepare
+    from pipeline.own_world import render_own_world
     from pipeline.store import PreparedStore, identity_fingerprints, load_split
 
     world = params.world
-    settings = data.model_copy(update={"n_identities": world.n_identities, "clips_per_identity": world.clips_per_identity,
-                                       "frames_per_clip": world.frames_per_clip, "cross_per_clip": 0})
-    make_synthetic(scratch / "raw", settings, world.seed, world.validation_fraction, progress=progress)
-    crops = prepare_params.model_copy(update={"detector": "ground_truth", "min_frames": 0,
-                                              "train_frames": world.frames_per_clip})
-    prepare(scratch / "raw", scratch / "prepared", crops, world.seed, world.validation_fraction, None, progress=progress)
+    render_own_world(scratch, data, prepare_params, world.seed, world.n_identities, world.clips_per_identity,
+                     world.frames_per_clip, world.validation_fraction, progress)
     train_split = load_split(scratch / "prepared", "train", with_truth=True)
     trained = train_analyzer(params, world.seed, train_split, load_split(scratch / "prepared", "test", with_truth=True),
                              progress)
