@@ -49,6 +49,17 @@ L1 = {
 FID = {("full", 0): 1.0, ("full", 1): 1.2, ("w/o ID reg", 0): 1.5, ("w/o ID reg", 1): 1.6, ("w/o CMA", 0): 1.1,
        ("w/o CMA", 1): 1.3}
 CONFIG = {"full": (True, True, "cma"), "w/o ID reg": (False, True, "cma"), "w/o CMA": (True, True, "none")}
+# the reference rows of each seed's evaluate results (the same for every experiment of a seed); `oracle` only in
+# seed 0's, so it is a one-seed reference row
+REFERENCES = {0: {"copy_source": {"l1": 0.085}, "copy_driving": {"l1": 0.0}, "oracle": {"l1": 0.05}},
+              1: {"copy_source": {"l1": 0.087}, "copy_driving": {"l1": 0.0}}}
+
+
+def reference_results(seed: int) -> dict:
+    """reports/evaluate/<protocol>.json's `references` part as the evaluate stage writes it (full_report)."""
+    return {"same": {"protocol": "same", "references": {
+        ref: {"aggregate": {m: {"mean": v, "std": None, "ci95": [v - 0.004, v + 0.004], "n": 4} for m, v in ms.items()},
+              "per_video": {}} for ref, ms in REFERENCES[seed].items()}}}
 
 
 def test_row_names_come_from_params_in_one_function():
@@ -128,12 +139,16 @@ def test_run_grid_queues_then_runs_all_with_jobs(tmp_path, monkeypatch):
         run_grid(grid_commands(["full"], [0], {"boom": 1}), jobs=1, cwd=tmp_path, echo=lambda s: None)
 
 
-def log_grid(store: Path, values=L1, fid=FID) -> str:
+def log_grid(store: Path, values=L1, fid=FID, references: bool = True) -> str:
     """Row runs as the `evaluate` stage logs them (pipeline.evaluate.log_row_runs under a stage run), one stage run
-    per (model configuration, seed); returns the grid hash."""
+    per (model configuration, seed), the stage run with its results folder as artifacts (the reference rows:
+    REFERENCES) as pipeline/stage.py logs reports/evaluate; returns the grid hash."""
+    import tempfile
+
     from pipeline.ablation import grid_hash, params_tree
     from pipeline.config import validate_params
-    from pipeline.evaluate import Evaluation, log_row_runs
+    from pipeline.evaluate import PROTOCOL_KEYS, Evaluation, log_row_runs
+    from pipeline.io import write_json
     from pipeline.tracking import stage_run
 
     grid = None
@@ -158,8 +173,13 @@ def log_grid(store: Path, values=L1, fid=FID) -> str:
                 "networks": {"l1": {"backend": "pixels"}, "fid_toy": {"backend": "toy", "weights_sha256": {"a": "ff" * 32}}},
                 "videos": {v: {"group": v} for v in VIDEOS},
             }
-        with stage_run("evaluate", {"seed": seed}, store):
+        with stage_run("evaluate", {"seed": seed}, store) as run:
             log_row_runs(ev, tree, seed)
+            if references:
+                with tempfile.TemporaryDirectory() as tmp:
+                    for protocol, result in reference_results(seed).items():
+                        write_json(Path(tmp) / "evaluate" / f"{PROTOCOL_KEYS[protocol]}.json", result)
+                    run.log_artifact(Path(tmp) / "evaluate")
     return grid
 
 
@@ -250,9 +270,43 @@ def test_report_markdown_html_summary_runs_and_url(store, tmp_path):
     assert url.startswith("http://127.0.0.1:5001/#/compare-runs?runs=")
     query = urllib.parse.parse_qs(url.split("?", 1)[1])
     assert json.loads(query["runs"][0]) == ids and json.loads(query["experiments"][0]) == [result["experiment_id"]]
+    # the reference rows, from the evaluate stage runs behind full's row runs: mean ± sd over seeds; oracle: one seed
+    assert "| copy source (reference) | 0.0860 ± 0.0014 | — |" in md
+    assert "| copy driving (reference) | 0 ± 0 | — |" in md and "| oracle (reference) | 0.0500 [0.0460, 0.0540] | — |" in md
+    data = json.loads((tmp_path / "reports" / "ablations.json").read_text())
+    assert data["row_order"] == ["full", "w/o ID reg", "w/o CMA"]
+    assert data["reference_order"] == ["copy_source", "copy_driving", "oracle"]
+    assert data["references"]["copy_source"]["metrics"]["same"]["l1"] == {"mean": 0.086, "n_seeds": 2,
+                                                                         "sd_seeds": pytest.approx(0.00141421, rel=1e-5)}
+    assert data["references"]["oracle"]["seeds"] == [0]
+    assert data["rows"]["w/o ID reg"]["metrics"]["same"]["l1"]["vs_full"]["significant"] is True
+    assert "<td>oracle (reference)</td>" in (tmp_path / "reports" / "ablations.html").read_text()
+    json_text = (tmp_path / "reports" / "ablations.json").read_text()
     again = ablation_report(uri, tmp_path / "reports", grid)  # same runs: the summary runs are reused
     assert again["summary_runs"] == ids
     assert (tmp_path / "reports" / "ablations.md").read_text() == md
+    assert (tmp_path / "reports" / "ablations.json").read_text() == json_text  # byte-identical
+    assert str(tmp_path) not in json_text and str(ws) not in json_text
+
+
+def test_ablate_table_only_says_what_each_row_ran_and_writes_the_json(store, tmp_path, monkeypatch):
+    """`reenact ablate --table-only` in a workspace: the row plans come from its dvc.yaml and params.yaml."""
+    from pipeline.ablation import ablate, read_ablations_json
+
+    ws, grid = store
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (ws / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (ws / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    result = ablate(ws, {}, [], [0, 1], 1, 0.05, "http://127.0.0.1:5000", table_only=True, out_dir=tmp_path / "out")
+    assert result["table"].grid_hash == grid
+    data = read_ablations_json(tmp_path / "out" / "ablations.json")
+    plans = {row: data["rows"][row]["stages"] for row in data["row_order"]}
+    assert plans["full"]["rerun"] == [] and plans["full"]["text"].startswith("none beyond the default")
+    assert plans["w/o ID reg"]["changes"] == {"loss.id_reg": False}
+    assert {"pretrain", "finetune", "reenact", "evaluate"} <= set(plans["w/o ID reg"]["rerun"])
+    assert plans["w/o CMA"]["rerun"] == [] and plans["w/o CMA"]["text"].startswith("no re-training")
+    md = (tmp_path / "out" / "ablations.md").read_text()
+    assert "| row | seeds | runs | re-trained / re-ran |" in md and plans["w/o ID reg"]["text"] in md
 
 
 def test_no_runs_says_what_to_run(store, tmp_path):
