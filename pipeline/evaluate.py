@@ -10,7 +10,10 @@ Pairs are built from the index (not by listing folders, which also hold .mp4 cop
 
 Per protocol the metrics are params' `evaluate.metrics.<protocol>`; the model-free reference rows (copy the source
 frame; same identity: copy the driving frame) do not depend on the adaptation and are scored once, with the first
-adaptation (cma when present). Outputs (all byte-reproducible: no timings, dates or absolute paths):
+adaptation (cma when present). Where the `oracle` stage's data/oracle/index.csv lists videos of a protocol (same,
+cross; layout: pipeline/oracle.py), they are scored against the same driving videos, sources and targets as the
+reference row `oracle`: Eq. 3's space fitted per frame with G fixed, the ceiling of any encoder with this G.
+Outputs (all byte-reproducible: no timings, dates or absolute paths):
 
 - metrics/eval_same_id.json, eval_cross_id.json, eval_robustness.json: per adaptation and reference row, per
   metric: mean and its bootstrap 95% CI (lo, hi); robustness also the std over the 25 combinations (Table 3);
@@ -44,7 +47,9 @@ EVALUATE_REPORTS = REPORTS / "evaluate"
 PROTOCOL_KEYS = {"same": "same_id", "cross": "cross_id", "robustness": "robustness"}  # file names: eval_<key>.json
 ADAPTATION_ORDER = ("cma", "none", "pti")
 REFERENCE_ROWS = {"copy_source": "copy source", "copy_driving": "copy driving",
-                  "ground_truth": "ground-truth cross render"}
+                  "ground_truth": "ground-truth cross render", "oracle": "oracle"}
+ORACLE_ROW = "oracle"  # the reference row of the `oracle` stage's videos (pipeline/oracle.py)
+ORACLE_INDEX_COLUMNS = ("protocol", "name", "pred", "fitted_to")
 SIGNIFICANT_DIGITS = 6  # metrics/eval_*.json: enough for any table, short enough for `dvc exp show`
 
 
@@ -120,6 +125,47 @@ def pairs_of(table: pd.DataFrame, reenacted: Path, protocol: str, adaptation: st
     return pairs
 
 
+def read_oracle(oracle: Path | None) -> pd.DataFrame | None:
+    """data/oracle/index.csv, checked; None when there is none (no oracle row)."""
+    if oracle is None or not (Path(oracle) / INDEX).is_file():
+        return None
+    path = Path(oracle) / INDEX
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ORACLE_INDEX_COLUMNS if c not in table.columns]
+    if missing:
+        raise ReenactedError(f"{path}: columns {missing} missing (expected {', '.join(ORACLE_INDEX_COLUMNS)}); re-run "
+                             f"`dvc repro oracle`")
+    return table
+
+
+def oracle_pairs(table: pd.DataFrame, reenacted: Path, oracle_table: pd.DataFrame, oracle: Path, protocol: str,
+                 adaptation: str) -> list:
+    """The oracle's Pairs of one protocol: the adaptation's pairs with the oracle's frames as the prediction (none
+    when the oracle has no video of this protocol); ReenactedError when its videos are not reenact's."""
+    from dataclasses import replace
+
+    mine = oracle_table[oracle_table["protocol"] == protocol]
+    if mine.empty:
+        return []
+    pairs = pairs_of(table, reenacted, protocol, adaptation)
+    preds = dict(zip(mine["name"], mine["pred"]))
+    index = Path(oracle) / INDEX
+    if set(preds) != {p.name for p in pairs}:
+        extra, lacking = sorted(set(preds) - {p.name for p in pairs}), sorted({p.name for p in pairs} - set(preds))
+        raise ReenactedError(f"{index}: its {protocol} videos are not those of {reenacted / INDEX} (only in the oracle: "
+                             f"{extra[:3]}, missing there: {lacking[:3]}); re-run `dvc repro oracle`")
+    out = []
+    for pair in pairs:
+        path = Path(oracle) / preds[pair.name]
+        if not path.is_file():
+            raise ReenactedError(f"{path}: listed in {index} but missing; re-run `dvc repro oracle`")
+        n, m = len(np.load(path, mmap_mode="r")), len(np.load(pair.pred, mmap_mode="r"))
+        if n != m:
+            raise ReenactedError(f"{path}: {n} frames, but {pair.pred} has {m}; re-run `dvc repro oracle`")
+        out.append(replace(pair, pred=path))
+    return out
+
+
 @dataclass
 class Evaluation:
     """Every protocol x adaptation evaluated: results[protocol][adaptation] is the harness's result (JSON-ready,
@@ -137,14 +183,16 @@ def evaluate_reenacted(
     params: Any,  # Params or the stage's ParamsView (seed, evaluate, analysis, assets, model, loss, data)
     progress: bool = True,
     log: Callable[[str], Any] = lambda s: None,
+    oracle: Path | None = None,  # data/oracle of the workspace: its videos become the reference row `oracle`
 ) -> Evaluation:
-    """Run the harness on every protocol x adaptation of the index (module docstring)."""
+    """Run the harness on every protocol x adaptation of the index, and on the oracle's videos (module docstring)."""
     from pipeline.evaluation.api import settings_from_params
     from pipeline.evaluation.engine import evaluate_pairs
     from pipeline.evaluation.registry import PROTOCOLS
 
     reenacted = Path(reenacted)
     table = read_index(reenacted)
+    oracle_table = read_oracle(oracle)
     out = Evaluation()
     for adaptation in adaptations_in(table):
         out.rows[adaptation] = row_name(bool(params.loss.id_reg), bool(params.model.hybrid), adaptation)
@@ -165,6 +213,17 @@ def evaluate_reenacted(
             if references:
                 out.references[protocol] = references
             out.results[protocol][adaptation] = _portable(result, sub[sub["adaptation"] == adaptation])
+            if i == 0 and oracle_table is not None:
+                pairs = oracle_pairs(table, reenacted, oracle_table, Path(oracle), protocol, adaptation)
+                if pairs:
+                    settings = settings_from_params(params, protocol, references=False, progress=progress)
+                    start = time.perf_counter()
+                    result = evaluate_pairs(pairs, params, settings)
+                    out.timings[f"{protocol}.{ORACLE_ROW}"] = round(time.perf_counter() - start, 2)
+                    log(f"evaluate: {protocol} / {ORACLE_ROW}: {len(pairs)} videos, "
+                        f"{out.timings[f'{protocol}.{ORACLE_ROW}']} s")
+                    out.references.setdefault(protocol, {})[ORACLE_ROW] = {"aggregate": result["aggregate"],
+                                                                           "per_video": result["per_video"]}
     out.setting = describe_setting(params, out)
     return out
 

@@ -33,3 +33,7 @@ TRAIN_STATE = Path("checkpoints")
 # the attribute edit directions of Eq. 4 (pipeline/edits.py).
 REENACTED = Path("data/reenacted")
 EDIT_DIRECTIONS = MODELS / "edits.pt"
+
+# Stage `oracle`: Eq. 3's own space fitted per frame with G fixed (no encoder), the ceiling row of Tables 1-2
+# (layout: pipeline/oracle.py; read by `evaluate`).
+ORACLE = Path("data/oracle")

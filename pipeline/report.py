@@ -8,7 +8,8 @@ w/o Hybrid, and several seeds) are the ablation table's (pipeline/ablation.py, r
 
 Each table has a `setting` column (the synthetic world or HDTF, and the networks behind the numbers), the
 model-free reference rows (copy the source frame; same identity: copy the driving frame; cross identity in the
-synthetic world: the ground-truth cross render), our rows with their bootstrap 95% CIs over videos (Table 3: mean ± std over the source-driving combinations, as the paper, then the
+synthetic world: the ground-truth cross render), the `oracle` reference row where the `oracle` stage ran (Eq. 3's
+space fitted per frame with G fixed: what this G and these S_F layers allow without an encoder), our rows with their bootstrap 95% CIs over videos (Table 3: mean ± std over the source-driving combinations, as the paper, then the
 CI of the mean), the paper's printed numbers, and the metrics the paper has no column for ("beyond the paper").
 A `*` marks a row of this experiment whose per-video values differ from `full` at p < alpha (the harness's paired
 sign-flip test; pooled set metrics have no per-video values and are not tested).

@@ -1,10 +1,11 @@
 """DVC stage `evaluate`: the evaluation harness on the `reenact` stage's videos (same identity, cross identity,
-robustness; every adaptation). Outputs and MLflow runs: pipeline/evaluate.py."""
+robustness; every adaptation) and on the `oracle` stage's (the reference row `oracle`). Outputs and MLflow runs:
+pipeline/evaluate.py."""
 from __future__ import annotations
 
 from pipeline.ablation import params_tree, row_of_params
 from pipeline.evaluate import evaluate_reenacted, log_runs, summary, write_outputs
-from pipeline.paths import REENACTED
+from pipeline.paths import ORACLE, REENACTED
 from pipeline.stage import Stage, StageContext, StageResult
 
 
@@ -32,7 +33,8 @@ def _assets(params) -> list[str]:
 
 
 def run(ctx: StageContext) -> StageResult:
-    ev = evaluate_reenacted(ctx.root / REENACTED, ctx.params, progress=ctx.progress, log=print)
+    ev = evaluate_reenacted(ctx.root / REENACTED, ctx.params, progress=ctx.progress, log=print,
+                            oracle=ctx.root / ORACLE)
     artifacts = write_outputs(ev, ctx.root)
     # the whole params (not only the declared sections) name the ablation grid of the run: MLflow tags only,
     # never an output, so DVC's view of what the stage reads stays exact

@@ -63,8 +63,9 @@ def _runs(repo: Path):
     return runs[runs["tags.stage"].notna()] if "tags.stage" in runs else runs
 
 
-STAGES = ["analyzer", "data", "evaluate", "finetune", "generator", "prepare", "pretrain", "reenact", "report"]
+STAGES = ["analyzer", "data", "evaluate", "finetune", "generator", "oracle", "prepare", "pretrain", "reenact", "report"]
 AFTER_LOSS = ["evaluate", "finetune", "pretrain", "reenact", "report"]  # what reads `loss` and what depends on it
+AFTER_HYBRID = sorted(AFTER_LOSS + ["oracle"])  # model.hybrid also shapes the oracle's space (not the encoder's file)
 
 
 def test_repro_then_experiments_land_in_one_store(tiny_repo):
@@ -115,9 +116,9 @@ def test_repro_then_experiments_land_in_one_store(tiny_repo):
     # then the table in reports/ and in MLflow, with the workspace's run as the full model's row
     out = _run(["reenact", "ablate", "--seed", "0", "--row", "w/o Hybrid"], repo, env)
     runs = _runs(repo)
-    assert sorted(runs["tags.stage"]) == sorted(STAGES + AFTER_LOSS * 2), runs[["tags.stage", "tags.dvc_exp_name"]]
+    assert sorted(runs["tags.stage"]) == sorted(STAGES + AFTER_LOSS + AFTER_HYBRID), runs[["tags.stage", "tags.dvc_exp_name"]]
     queued = runs[runs["tags.workdir"].str.contains(".dvc/tmp/exps", regex=False)]
-    assert sorted(queued["tags.stage"]) == AFTER_LOSS
+    assert sorted(queued["tags.stage"]) == AFTER_HYBRID
     assert set(queued["params.model.hybrid"].dropna()) == {"False"}  # the stages that read `model`
     assert not list(repo.glob(".dvc/tmp/exps/**/mlflow.db"))
     names = set(runs["tags.dvc_exp_name"]) - {"(workspace)"}
