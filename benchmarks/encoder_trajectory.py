@@ -12,7 +12,7 @@ training process's CPU time (time.process_time, summed over threads and over res
 waiting on a busy machine; the snapshot records the step and triples seen. Killed, it resumes from the last
 checkpoint (pretrain's exact resume) and keeps counting from the CPU time saved with it. `score` runs the
 `reenact` and `evaluate` stages on each snapshot (`--videos` held-out same- and cross-identity videos) and
-writes trajectory.json and trajectory.md beside the snapshots. `export --snapshot cpu60min` ships one as the
+writes trajectory.json and trajectory.md beside the snapshots. `export --snapshot cpu30min [--world ...]` ships one as the
 `pretrain.source: native` asset (assets/toy/encoder_pretrain.pt).
 """
 from __future__ import annotations
@@ -158,7 +158,7 @@ def score(repo: Path, out: Path, videos: int) -> dict:
     return {"rows": rows}
 
 
-def export(repo: Path, out: Path, snapshot: str, to: Path) -> None:
+def export(repo: Path, out: Path, snapshot: str, to: Path, world: list[int] | None = None) -> None:
     """Ship a snapshot as the `pretrain.source: native` asset: with the world it saw, its recipe and compute, and
     the loss history up to its step; prints the sha256 for params.yaml."""
     from pipeline.assets import sha256_of
@@ -173,6 +173,9 @@ def export(repo: Path, out: Path, snapshot: str, to: Path) -> None:
     ck.config["sections"]["pretrain"]["iters"] = ck.step  # the steps it ran, not the open-ended run's bound
     trained = {"steps": ck.step, "triples_seen": info["triples_seen"], "cpu_minutes": info["cpu_minutes"],
                "recipe_overrides": info["overrides"], "by": "benchmarks/encoder_trajectory.py (one CPU thread)"}
+    if world:  # the --world it was trained with: pretrain.world's keys
+        trained["world"] = dict(zip(("seed", "n_identities", "clips_per_identity", "frames_per_clip"), world),
+                                validation_fraction=0.05)
     save_checkpoint(to, shipped_encoder(ck, out / "data" / "prepared", trained, history))
     print(f"{to}: sha256 {sha256_of(to)}, step {ck.step}")
 
@@ -197,7 +200,7 @@ def main() -> None:
     elif args.command == "score":
         score(repo, out, args.videos)
     else:
-        export(repo, out, args.snapshot, args.to if args.to.is_absolute() else repo / args.to)
+        export(repo, out, args.snapshot, args.to if args.to.is_absolute() else repo / args.to, args.world)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ def run(ctx: StageContext) -> StageResult:
         from pipeline.own_world import cached_world
         from pipeline.paths import TRAIN_STATE
 
+        for name in stage_assets(ctx.params):
+            ctx.asset(name)  # a missing asset stops before the world is rendered
         store = cached_world(ctx.root / TRAIN_STATE / "pretrain", ctx.params, ctx.section.world, env_rank() == 0,
                              ctx.progress)
     return encoder_stage(ctx, ENCODER_PRETRAIN, store)

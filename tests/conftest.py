@@ -49,6 +49,7 @@ TINY = {
     "model.encoder.widths": [16, 16, 16, 16],
     "loss.gv_patch": 4,
     "pretrain.source": "train",  # the shipped encoder fits the embedded default's generator, not the tiny one
+    "pretrain.world": None,  # train on the tiny world itself (the default renders a 400-identity world of its own)
     "pretrain.iters": 4,
     "pretrain.batch_size": 4,
     "pretrain.checkpoint_every": 2,

@@ -352,7 +352,7 @@ def test_installed_cli_finds_the_profiles_from_any_folder(tmp_path):
     done = subprocess.run([cli, "ablate", "--profile", "toy-full", "--dry-run", "--seed", "0", "--row", "full"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "-S pretrain.iters=1000" in done.stdout and "-S seed=0" in done.stdout
+    assert "-S finetune.iters=300" in done.stdout and "-S seed=0" in done.stdout
 
 
 def test_a_protocol_lists_only_the_rows_it_has_values_for():

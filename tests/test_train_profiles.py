@@ -35,6 +35,7 @@ def test_a_profile_validates_and_its_set_params_args_round_trip(name):
 def test_the_paper_profile_is_the_papers_setting():
     p = load_params(REPO / "params.yaml", overrides("paper"))
     assert (p.pretrain.iters, p.finetune.iters) == (200_000, 20_000)
+    assert p.pretrain.source == "train" and p.pretrain.world is None  # CelebV-HQ, not the synthetic pretraining world
     assert p.model.encoder.units == [3, 4, 14, 3] and p.model.encoder.init == "arcface"
     assert p.analysis.identity_loss == "arcface" and p.loss.lpips_net == "lpips" and p.prepare.size == 256
 
