@@ -332,7 +332,8 @@ def test_cli_ablate_dry_run_prints_the_grid_and_bad_input_exits_2(tmp_path, monk
     lines = done.output.strip().splitlines()
     assert lines[0] == "dvc exp run --queue -S pretrain.iters=20 -S loss.id_reg=true -S model.hybrid=true -S seed=0"
     assert lines[2].startswith("dvc exp run --queue -S pretrain.iters=20 -S loss.id_reg=true -S model.hybrid=false "
-                               "-S seed=0 -S 'reenact.adaptations.same=[cma]'")
+                               "-S seed=0 -S pretrain.source=train -S 'reenact.adaptations.same=[cma]'")  # the shipped
+    # pre-trained encoder does not fit model.hybrid=false: the row re-trains it
     assert len(lines) == 5 and lines[-1] == "dvc exp run --run-all --jobs 2"
     bad = runner.invoke(app, ["ablate", "--dry-run", "-S", "pretrain.iterz=20"])
     assert bad.exit_code == 2 and "pretrain.iterz: unknown key; did you mean 'pretrain.iters'?" in bad.output
